@@ -1,0 +1,373 @@
+//! The envelope every message travels in.
+//!
+//! An [`Envelope`] wraps a payload with the metadata the runtime needs to route,
+//! expire, prioritise, retry and trace it (DESIGN §2). Ids are UUID v7, so they
+//! sort by creation time. Timestamps are wall-clock microseconds since the Unix
+//! epoch so that they survive serialization and mean the same thing in every
+//! process that reads a stored envelope.
+//!
+//! ```
+//! use actorbus_actors::envelope::{Envelope, Priority};
+//! use std::time::Duration;
+//!
+//! let order = Envelope::new("order-42")
+//!     .with_priority(Priority::new(7).unwrap())
+//!     .with_timeout(Duration::from_secs(30))
+//!     .with_header("tenant", "acme");
+//! // A message sent while handling `order` joins its conversation.
+//! let invoice = order.caused("invoice-42");
+//! assert_eq!(invoice.correlation_id, order.correlation_id);
+//! assert_eq!(invoice.causation_id, Some(order.id));
+//! assert_eq!(invoice.deadline, order.deadline);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A unique, time-ordered message id (UUID v7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(pub Uuid);
+
+impl MessageId {
+    /// A fresh id; ids made later sort after ids made earlier.
+    pub fn new() -> Self {
+        MessageId(Uuid::now_v7())
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(MessageId)
+    }
+}
+
+/// Wall-clock time in microseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self::from(SystemTime::now())
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn as_millis(self) -> u64 {
+        self.0 / 1_000
+    }
+
+    /// This time moved forward by `d` (saturating).
+    pub fn after(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// How long from `self` until `later`; zero when `later` is not later.
+    pub fn until(self, later: Timestamp) -> Duration {
+        Duration::from_micros(later.0.saturating_sub(self.0))
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        let micros = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        Timestamp(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> Self {
+        UNIX_EPOCH + Duration::from_micros(t.0)
+    }
+}
+
+/// Message priority, `0..=9`, 9 highest. The default is 4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct Priority(u8);
+
+impl Priority {
+    /// The lowest priority.
+    pub const MIN: Priority = Priority(0);
+    /// The highest priority.
+    pub const MAX: Priority = Priority(9);
+    /// The priority of a message that does not ask for one.
+    pub const DEFAULT: Priority = Priority(4);
+
+    /// A priority, or an error when `level` is above 9.
+    pub fn new(level: u8) -> Result<Self, InvalidPriority> {
+        if level <= 9 {
+            Ok(Priority(level))
+        } else {
+            Err(InvalidPriority(level))
+        }
+    }
+
+    /// The level, `0..=9`.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Priority::DEFAULT
+    }
+}
+
+impl TryFrom<u8> for Priority {
+    type Error = InvalidPriority;
+    fn try_from(v: u8) -> Result<Self, Self::Error> {
+        Priority::new(v)
+    }
+}
+
+impl From<Priority> for u8 {
+    fn from(p: Priority) -> u8 {
+        p.0
+    }
+}
+
+/// A priority outside `0..=9`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("priority {0} is out of range 0..=9")]
+pub struct InvalidPriority(pub u8);
+
+/// Application headers: a sorted string map (empty maps do not allocate).
+pub type Headers = BTreeMap<String, String>;
+
+/// A message and its metadata (DESIGN §2).
+///
+/// In memory the payload is moved, never serialized; `T: Serialize +
+/// DeserializeOwned` is only needed where an envelope may be persisted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Unique, time-ordered id of this message.
+    pub id: MessageId,
+    /// The conversation this message belongs to; a new conversation uses the
+    /// message's own id.
+    pub correlation_id: MessageId,
+    /// The message whose handling produced this one, if any.
+    pub causation_id: Option<MessageId>,
+    /// When the message was created.
+    pub created_at: Timestamp,
+    /// Past this time the message is expired and never handed to a handler.
+    pub deadline: Option<Timestamp>,
+    /// Delivery priority.
+    pub priority: Priority,
+    /// Delivery attempt, 1 for the first delivery.
+    pub attempt: u32,
+    /// Application data.
+    pub headers: Headers,
+    /// The message itself.
+    pub payload: T,
+}
+
+impl<T> Envelope<T> {
+    /// A new message that starts its own conversation.
+    pub fn new(payload: T) -> Self {
+        let id = MessageId::new();
+        Envelope {
+            id,
+            correlation_id: id,
+            causation_id: None,
+            created_at: Timestamp::now(),
+            deadline: None,
+            priority: Priority::DEFAULT,
+            attempt: 1,
+            headers: Headers::new(),
+            payload,
+        }
+    }
+
+    /// A new message caused by this one: same conversation, same deadline,
+    /// `causation_id` pointing here, headers not copied.
+    pub fn caused<U>(&self, payload: U) -> Envelope<U> {
+        let mut next = Envelope::new(payload);
+        next.correlation_id = self.correlation_id;
+        next.causation_id = Some(self.id);
+        next.deadline = self.deadline;
+        next
+    }
+
+    /// Sets an absolute deadline.
+    pub fn with_deadline(mut self, deadline: Timestamp) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Sets the deadline to `timeout` after creation.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        let at = self.created_at.after(timeout);
+        self.with_deadline(at)
+    }
+
+    /// Sets the priority.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(key.into(), value.into());
+        self
+    }
+
+    /// True when the deadline has passed at `now`.
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    /// True when the deadline has passed.
+    pub fn is_expired(&self) -> bool {
+        self.deadline.is_some() && self.is_expired_at(Timestamp::now())
+    }
+
+    /// Time left before the deadline: `None` without a deadline, zero once past.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| Timestamp::now().until(d))
+    }
+
+    /// The same metadata around another payload.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
+        let (meta, payload) = self.split();
+        meta.with_payload(f(payload))
+    }
+
+    /// Separates the metadata from the payload.
+    pub fn split(self) -> (Envelope<()>, T) {
+        let Envelope {
+            id,
+            correlation_id,
+            causation_id,
+            created_at,
+            deadline,
+            priority,
+            attempt,
+            headers,
+            payload,
+        } = self;
+        let meta = Envelope {
+            id,
+            correlation_id,
+            causation_id,
+            created_at,
+            deadline,
+            priority,
+            attempt,
+            headers,
+            payload: (),
+        };
+        (meta, payload)
+    }
+}
+
+impl Envelope<()> {
+    /// Puts a payload back into split-off metadata.
+    pub fn with_payload<U>(self, payload: U) -> Envelope<U> {
+        let Envelope {
+            id,
+            correlation_id,
+            causation_id,
+            created_at,
+            deadline,
+            priority,
+            attempt,
+            headers,
+            ..
+        } = self;
+        Envelope {
+            id,
+            correlation_id,
+            causation_id,
+            created_at,
+            deadline,
+            priority,
+            attempt,
+            headers,
+            payload,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_time_ordered() {
+        let a = MessageId::new();
+        let b = MessageId::new();
+        assert!(a < b);
+    }
+
+    #[test]
+    fn priority_is_bounded() {
+        assert_eq!(Priority::new(10), Err(InvalidPriority(10)));
+        assert_eq!(Priority::default().get(), 4);
+        assert!(serde_json::from_str::<Priority>("12").is_err());
+        assert_eq!(
+            serde_json::from_str::<Priority>("9").unwrap(),
+            Priority::MAX
+        );
+    }
+
+    #[test]
+    fn expiry_and_remaining() {
+        let env = Envelope::new(1).with_deadline(Timestamp::now());
+        assert!(env.is_expired());
+        assert_eq!(env.remaining(), Some(Duration::ZERO));
+        let env = Envelope::new(1).with_timeout(Duration::from_secs(60));
+        assert!(!env.is_expired());
+        assert!(env.remaining().unwrap() > Duration::from_secs(59));
+        assert_eq!(Envelope::new(1).remaining(), None);
+    }
+
+    #[test]
+    fn round_trips_through_serde_and_split() {
+        let env = Envelope::new(vec![1u8, 2, 3])
+            .with_header("k", "v")
+            .with_priority(Priority::MAX);
+        let json = serde_json::to_string(&env).unwrap();
+        let back: Envelope<Vec<u8>> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, env);
+        let bytes = postcard::to_stdvec(&env).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Envelope<Vec<u8>>>(&bytes).unwrap(),
+            env
+        );
+        let (meta, payload) = env.clone().split();
+        assert_eq!(meta.with_payload(payload), env);
+    }
+}

@@ -1,0 +1,22 @@
+//! # actorbus-actors
+//!
+//! The actors that actorbus's messaging patterns are made of, and the shared
+//! pieces below them. Applications normally use the `actorbus` crate, which
+//! wraps these in a small typed API; this crate is for reading how each pattern
+//! works and for building new ones.
+//!
+//! ## Layout
+//!
+//! Shared pieces, used by every pattern:
+//!
+//! - [`envelope`]: the [`Envelope`](envelope::Envelope) every message travels in.
+//! - [`error`]: failure reasons and the error type user handlers return.
+//! - [`backpressure`]: bounded buffers and overflow policies.
+//! - [`metrics`]: every metric name in one place.
+//!
+//! One module per pattern is added beside them as the patterns land.
+
+pub mod backpressure;
+pub mod envelope;
+pub mod error;
+pub mod metrics;

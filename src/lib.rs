@@ -1,0 +1,1 @@
+pub use actorbus_actors as actors;
