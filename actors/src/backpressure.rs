@@ -78,10 +78,7 @@ pub struct UnknownPolicy(pub String);
 impl FromStr for OverflowPolicy {
     type Err = UnknownPolicy;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OverflowPolicy::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownPolicy(s.to_owned()))
+        OverflowPolicy::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownPolicy(s.to_owned()))
     }
 }
 
@@ -113,11 +110,7 @@ pub struct BoundedBuffer<T> {
 impl<T> BoundedBuffer<T> {
     /// An empty buffer; a capacity of 0 is raised to 1.
     pub fn new(capacity: usize, policy: OverflowPolicy) -> Self {
-        BoundedBuffer {
-            items: VecDeque::new(),
-            capacity: capacity.max(1),
-            policy,
-        }
+        BoundedBuffer { items: VecDeque::new(), capacity: capacity.max(1), policy }
     }
 
     /// Adds `item` at the back, applying the overflow policy when full.
@@ -204,10 +197,7 @@ mod tests {
         assert_eq!(fill(OverflowPolicy::Block).push(9), Push::Full(9));
         assert_eq!(fill(OverflowPolicy::Reject).push(9), Push::Full(9));
         assert_eq!(fill(OverflowPolicy::DropNewest).push(9), Push::Dropped(9));
-        assert_eq!(
-            fill(OverflowPolicy::DeadLetter).push(9),
-            Push::DeadLetter(9)
-        );
+        assert_eq!(fill(OverflowPolicy::DeadLetter).push(9), Push::DeadLetter(9));
         let mut b = fill(OverflowPolicy::DropOldest);
         assert_eq!(b.push(9), Push::Evicted(0));
         assert_eq!(b.drain().collect::<Vec<_>>(), vec![1, 2, 9]);

@@ -83,10 +83,7 @@ impl Timestamp {
 
     /// This time moved forward by `d` (saturating).
     pub fn after(self, d: Duration) -> Self {
-        Timestamp(
-            self.0
-                .saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        )
+        Timestamp(self.0.saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)))
     }
 
     /// How long from `self` until `later`; zero when `later` is not later.
@@ -97,10 +94,7 @@ impl Timestamp {
 
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Self {
-        let micros = t
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
+        let micros = t.duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
         Timestamp(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 }
@@ -267,17 +261,8 @@ impl<T> Envelope<T> {
 
     /// Separates the metadata from the payload.
     pub fn split(self) -> (Envelope<()>, T) {
-        let Envelope {
-            id,
-            correlation_id,
-            causation_id,
-            created_at,
-            deadline,
-            priority,
-            attempt,
-            headers,
-            payload,
-        } = self;
+        let Envelope { id, correlation_id, causation_id, created_at, deadline, priority, attempt, headers, payload } =
+            self;
         let meta = Envelope {
             id,
             correlation_id,
@@ -296,28 +281,8 @@ impl<T> Envelope<T> {
 impl Envelope<()> {
     /// Puts a payload back into split-off metadata.
     pub fn with_payload<U>(self, payload: U) -> Envelope<U> {
-        let Envelope {
-            id,
-            correlation_id,
-            causation_id,
-            created_at,
-            deadline,
-            priority,
-            attempt,
-            headers,
-            ..
-        } = self;
-        Envelope {
-            id,
-            correlation_id,
-            causation_id,
-            created_at,
-            deadline,
-            priority,
-            attempt,
-            headers,
-            payload,
-        }
+        let Envelope { id, correlation_id, causation_id, created_at, deadline, priority, attempt, headers, .. } = self;
+        Envelope { id, correlation_id, causation_id, created_at, deadline, priority, attempt, headers, payload }
     }
 }
 
@@ -337,10 +302,7 @@ mod tests {
         assert_eq!(Priority::new(10), Err(InvalidPriority(10)));
         assert_eq!(Priority::default().get(), 4);
         assert!(serde_json::from_str::<Priority>("12").is_err());
-        assert_eq!(
-            serde_json::from_str::<Priority>("9").unwrap(),
-            Priority::MAX
-        );
+        assert_eq!(serde_json::from_str::<Priority>("9").unwrap(), Priority::MAX);
     }
 
     #[test]
@@ -356,17 +318,12 @@ mod tests {
 
     #[test]
     fn round_trips_through_serde_and_split() {
-        let env = Envelope::new(vec![1u8, 2, 3])
-            .with_header("k", "v")
-            .with_priority(Priority::MAX);
+        let env = Envelope::new(vec![1u8, 2, 3]).with_header("k", "v").with_priority(Priority::MAX);
         let json = serde_json::to_string(&env).unwrap();
         let back: Envelope<Vec<u8>> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, env);
         let bytes = postcard::to_stdvec(&env).unwrap();
-        assert_eq!(
-            postcard::from_bytes::<Envelope<Vec<u8>>>(&bytes).unwrap(),
-            env
-        );
+        assert_eq!(postcard::from_bytes::<Envelope<Vec<u8>>>(&bytes).unwrap(), env);
         let (meta, payload) = env.clone().split();
         assert_eq!(meta.with_payload(payload), env);
     }

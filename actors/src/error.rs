@@ -78,9 +78,7 @@ pub struct HandlerError {
 impl HandlerError {
     /// An error with this message.
     pub fn new(message: impl Into<String>) -> Self {
-        HandlerError {
-            message: message.into(),
-        }
+        HandlerError { message: message.into() }
     }
 
     /// The message.
@@ -107,15 +105,9 @@ mod tests {
 
     #[test]
     fn reasons_display_with_their_code() {
-        assert_eq!(
-            FailureReason::Panic("boom".into()).to_string(),
-            "panic: boom"
-        );
+        assert_eq!(FailureReason::Panic("boom".into()).to_string(), "panic: boom");
         assert_eq!(FailureReason::Expired.to_string(), "expired");
-        assert_eq!(
-            FailureReason::Overflow("drop_oldest".into()).code(),
-            "overflow"
-        );
+        assert_eq!(FailureReason::Overflow("drop_oldest".into()).code(), "overflow");
         let json = serde_json::to_string(&FailureReason::Panic("x".into())).unwrap();
         assert_eq!(json, r#"{"code":"panic","detail":"x"}"#);
     }

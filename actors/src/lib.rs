@@ -20,3 +20,6 @@ pub mod backpressure;
 pub mod envelope;
 pub mod error;
 pub mod metrics;
+pub mod registry;
+pub mod request_reply;
+pub mod supervision;

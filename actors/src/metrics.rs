@@ -41,44 +41,12 @@ pub const SUPERVISION_ESCALATIONS: &str = "actorbus_supervision_escalations_tota
 /// Registers help text and units for every metric, so exporters print them.
 /// Call once after installing a recorder.
 pub fn describe() {
-    describe_counter!(
-        REQUEST_HANDLED,
-        Unit::Count,
-        "Requests handled by a service, by outcome."
-    );
-    describe_counter!(
-        REQUEST_REFUSED,
-        Unit::Count,
-        "Requests refused before reaching a handler, by reason."
-    );
-    describe_counter!(
-        REQUEST_LATE_REPLIES,
-        Unit::Count,
-        "Replies dropped because the requester had timed out."
-    );
-    describe_histogram!(
-        REQUEST_HANDLER_LATENCY,
-        Unit::Seconds,
-        "Time a service handler took."
-    );
-    describe_gauge!(
-        REQUEST_MAILBOX_DEPTH,
-        Unit::Count,
-        "Requests waiting in a service mailbox."
-    );
-    describe_counter!(
-        SUPERVISION_PANICS,
-        Unit::Count,
-        "Handler panics caught by a panic boundary."
-    );
-    describe_counter!(
-        SUPERVISION_RESTARTS,
-        Unit::Count,
-        "Actors rebuilt from their factory."
-    );
-    describe_counter!(
-        SUPERVISION_ESCALATIONS,
-        Unit::Count,
-        "Supervisors that exceeded their restart intensity."
-    );
+    describe_counter!(REQUEST_HANDLED, Unit::Count, "Requests handled by a service, by outcome.");
+    describe_counter!(REQUEST_REFUSED, Unit::Count, "Requests refused before reaching a handler, by reason.");
+    describe_counter!(REQUEST_LATE_REPLIES, Unit::Count, "Replies dropped because the requester had timed out.");
+    describe_histogram!(REQUEST_HANDLER_LATENCY, Unit::Seconds, "Time a service handler took.");
+    describe_gauge!(REQUEST_MAILBOX_DEPTH, Unit::Count, "Requests waiting in a service mailbox.");
+    describe_counter!(SUPERVISION_PANICS, Unit::Count, "Handler panics caught by a panic boundary.");
+    describe_counter!(SUPERVISION_RESTARTS, Unit::Count, "Actors rebuilt from their factory.");
+    describe_counter!(SUPERVISION_ESCALATIONS, Unit::Count, "Supervisors that exceeded their restart intensity.");
 }

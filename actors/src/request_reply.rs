@@ -1,0 +1,552 @@
+//! Request-Reply (DESIGN §6.1): a typed ask to a named service.
+//!
+//! A *service* is user state plus an async handler ([`Service`]). The runtime
+//! hosts it in a [`ServiceActor`], which owns a bounded inbox, runs one request
+//! at a time inside a panic boundary, and answers through a oneshot reply
+//! channel. [`ServiceRef`] is the sending side: it enqueues an [`Ask`] and waits
+//! for the reply within the request's timeout.
+//!
+//! What can go wrong is typed ([`RequestError`]): an unknown service, a full
+//! mailbox, a timeout, a deadline that passed before the handler started, a
+//! handler error or panic (with its reason), a service that its supervisor
+//! stopped, a bus shutting down. A reply that arrives after its requester gave
+//! up is dropped and counted (`actorbus_request_reply_late_replies_total`).
+//!
+//! Requests and their failures belong to the requester, who gets the typed
+//! error and decides whether to retry; request-reply therefore does not
+//! dead-letter (as Akka's ask does not). Patterns that own their messages —
+//! queues, topics, sagas — do.
+//!
+//! While a handler runs, [`current_context`] tells code it calls which
+//! conversation it is in, so requests it sends inherit the correlation id, the
+//! causation id and the (never extended) deadline.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::backpressure::OverflowPolicy;
+use crate::envelope::{Envelope, Headers, MessageId, Timestamp};
+use crate::error::{FailureReason, HandlerError};
+use crate::metrics as m;
+use crate::supervision::{panic, Child, ChildLink, Directive, Exit};
+
+/// A request type, and the response type it gets.
+///
+/// ```
+/// use actorbus_actors::request_reply::Request;
+/// struct GetPrice { sku: String }
+/// impl Request for GetPrice { type Response = u64; }
+/// ```
+pub trait Request: Send + 'static {
+    /// What the service answers.
+    type Response: Send + 'static;
+}
+
+/// A request handler with state. The state is rebuilt from its factory after a
+/// panic, so it must be fine to lose.
+///
+/// ```
+/// use actorbus_actors::request_reply::{Request, RequestContext, Service};
+/// use actorbus_actors::error::HandlerError;
+///
+/// struct Add(u64, u64);
+/// impl Request for Add { type Response = u64; }
+///
+/// struct Calculator { calls: u64 }
+/// impl Service for Calculator {
+///     type Request = Add;
+///     async fn call(&mut self, req: Add, _cx: RequestContext) -> Result<u64, HandlerError> {
+///         self.calls += 1;
+///         req.0.checked_add(req.1).ok_or_else(|| HandlerError::new("overflow"))
+///     }
+/// }
+/// ```
+pub trait Service: 'static {
+    /// The request type it answers.
+    type Request: Request;
+
+    /// Handles one request. Requests are handled one at a time, in arrival order.
+    fn call(
+        &mut self,
+        req: Self::Request,
+        cx: RequestContext,
+    ) -> impl Future<Output = Result<<Self::Request as Request>::Response, HandlerError>>;
+}
+
+/// A [`Service`] made from a closure; see [`service_fn`].
+pub struct ServiceFn<R, F> {
+    f: F,
+    _req: std::marker::PhantomData<fn(R)>,
+}
+
+/// Makes a stateless service from an async closure.
+///
+/// ```
+/// use actorbus_actors::request_reply::{service_fn, Request};
+/// struct Ping;
+/// impl Request for Ping { type Response = &'static str; }
+/// let pong = service_fn(|_: Ping, _cx| async { Ok("pong") });
+/// # let _ = pong;
+/// ```
+pub fn service_fn<R, F, Fut>(f: F) -> ServiceFn<R, F>
+where
+    R: Request,
+    F: FnMut(R, RequestContext) -> Fut + 'static,
+    Fut: Future<Output = Result<R::Response, HandlerError>>,
+{
+    ServiceFn { f, _req: std::marker::PhantomData }
+}
+
+impl<R, F, Fut> Service for ServiceFn<R, F>
+where
+    R: Request,
+    F: FnMut(R, RequestContext) -> Fut + 'static,
+    Fut: Future<Output = Result<R::Response, HandlerError>>,
+{
+    type Request = R;
+
+    fn call(&mut self, req: R, cx: RequestContext) -> impl Future<Output = Result<R::Response, HandlerError>> {
+        (self.f)(req, cx)
+    }
+}
+
+/// What a handler knows about the request it handles: the envelope's metadata.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    envelope: Envelope<()>,
+}
+
+impl RequestContext {
+    /// The request's envelope, without its payload.
+    pub fn envelope(&self) -> &Envelope<()> {
+        &self.envelope
+    }
+
+    /// The request's id.
+    pub fn id(&self) -> MessageId {
+        self.envelope.id
+    }
+
+    /// The conversation the request belongs to.
+    pub fn correlation_id(&self) -> MessageId {
+        self.envelope.correlation_id
+    }
+
+    /// Application headers sent with the request.
+    pub fn headers(&self) -> &Headers {
+        &self.envelope.headers
+    }
+
+    /// Time left before the requester stops waiting.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.envelope.remaining()
+    }
+}
+
+/// The conversation a handler is running in; see [`current_context`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Causation {
+    /// The message being handled.
+    pub message_id: MessageId,
+    /// Its conversation.
+    pub correlation_id: MessageId,
+    /// Its deadline.
+    pub deadline: Option<Timestamp>,
+}
+
+tokio::task_local! {
+    static CURRENT: Causation;
+}
+
+/// The message being handled by the handler that is running now, if any.
+/// Senders use it to copy the correlation id and deadline onto what a handler
+/// sends, so conversations and deadlines propagate without plumbing.
+pub fn current_context() -> Option<Causation> {
+    CURRENT.try_with(|c| *c).ok()
+}
+
+/// Runs `fut` as if it were handling a message with `causation`: what it sends
+/// joins that conversation. The runtime wraps every handler with it.
+pub async fn in_context<F: Future>(causation: Causation, fut: F) -> F::Output {
+    CURRENT.scope(causation, fut).await
+}
+
+/// Stamps `envelope` as caused by the message being handled now, if any: same
+/// correlation id, causation id set, deadline no later than the current one.
+pub fn inherit_context<T>(envelope: &mut Envelope<T>) {
+    if let Some(c) = current_context() {
+        envelope.correlation_id = c.correlation_id;
+        envelope.causation_id = Some(c.message_id);
+        envelope.deadline = match (envelope.deadline, c.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// No service has that name.
+    #[error("no service named `{0}`")]
+    UnknownService(String),
+    /// The service exists but answers another request type.
+    #[error("service `{0}` does not handle this request type")]
+    WrongRequestType(String),
+    /// The service's mailbox is full and its policy is `reject`.
+    #[error("mailbox of service `{0}` is full")]
+    MailboxFull(String),
+    /// No reply within the request's time budget (its timeout, or the
+    /// shorter deadline it inherited).
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The deadline passed before a handler took the request; it never ran.
+    #[error("deadline passed before the request was handled")]
+    Expired,
+    /// The handler returned an error or panicked.
+    #[error("handler failed: {0}")]
+    Failed(FailureReason),
+    /// The service is stopped (by its supervisor, or for good).
+    #[error("service `{service}` is unavailable: {reason}")]
+    Unavailable {
+        /// The service.
+        service: String,
+        /// Why.
+        reason: String,
+    },
+    /// The bus is shutting down and takes no new requests.
+    #[error("the bus is shutting down")]
+    ShuttingDown,
+}
+
+/// A request in a service's inbox: the envelope and where the reply goes.
+pub struct Ask<R: Request> {
+    envelope: Envelope<R>,
+    reply: oneshot::Sender<Result<R::Response, RequestError>>,
+}
+
+/// The sending side of a service: cheap to share, valid for the service's
+/// whole life (restarts included).
+pub struct ServiceRef<R: Request> {
+    name: Arc<str>,
+    tx: mpsc::Sender<Ask<R>>,
+    block_when_full: bool,
+    closing: Arc<AtomicBool>,
+    timeouts: metrics::Counter,
+    mailbox_full: metrics::Counter,
+}
+
+impl<R: Request> ServiceRef<R> {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests waiting in the service's inbox.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Sends `envelope` and waits up to `timeout` (and never past its deadline)
+    /// for the reply.
+    pub async fn ask(&self, envelope: Envelope<R>, timeout: Duration) -> Result<R::Response, RequestError> {
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(RequestError::ShuttingDown);
+        }
+        let timeout = envelope.remaining().map_or(timeout, |left| left.min(timeout));
+        // What a timeout reports: the whole budget the request was given.
+        let budget = envelope.deadline.map_or(timeout, |d| envelope.created_at.until(d));
+        if envelope.is_expired() {
+            return Err(RequestError::Expired);
+        }
+        let (reply, response) = oneshot::channel();
+        let ask = Ask { envelope, reply };
+        let started = Instant::now();
+        if self.block_when_full {
+            match tokio::time::timeout(timeout, self.tx.send(ask)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(self.gone()),
+                Err(_) => return Err(self.timed_out(budget)),
+            }
+        } else {
+            self.tx.try_send(ask).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.mailbox_full.increment(1);
+                    RequestError::MailboxFull(self.name.to_string())
+                }
+                mpsc::error::TrySendError::Closed(_) => self.gone(),
+            })?;
+        }
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, response).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.gone()),
+            Err(_) => Err(self.timed_out(budget)),
+        }
+    }
+
+    fn gone(&self) -> RequestError {
+        RequestError::Unavailable { service: self.name.to_string(), reason: "service stopped".into() }
+    }
+
+    fn timed_out(&self, timeout: Duration) -> RequestError {
+        self.timeouts.increment(1);
+        RequestError::Timeout(timeout)
+    }
+
+    /// Refuses new requests from now on (shutdown).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How a service is hosted.
+pub struct ServiceSpec<S> {
+    /// Unique service name.
+    pub name: Arc<str>,
+    /// Builds the state, at start and after every restart.
+    pub factory: Arc<dyn Fn() -> S + Send + Sync>,
+    /// Inbox capacity.
+    pub capacity: usize,
+    /// `Block` (senders wait) or `Reject` (senders get `MailboxFull`); the
+    /// other policies evict or drop and make no sense for requests, whose
+    /// senders are waiting for an answer, and are treated as `Reject`.
+    pub overflow: OverflowPolicy,
+}
+
+/// Hosts a [`Service`]: bounded inbox, panic boundary, supervised restarts.
+pub struct ServiceActor<S: Service> {
+    name: Arc<str>,
+    factory: Arc<dyn Fn() -> S + Send + Sync>,
+    state: Option<Box<S>>,
+    /// Why the service has no state, while it has none.
+    down: Option<String>,
+    link: ChildLink,
+    metrics: ServiceMetrics,
+}
+
+struct ServiceMetrics {
+    ok: metrics::Counter,
+    error: metrics::Counter,
+    panic: metrics::Counter,
+    expired: metrics::Counter,
+    unavailable: metrics::Counter,
+    late: metrics::Counter,
+    latency: metrics::Histogram,
+    panics: metrics::Counter,
+    restarts: metrics::Counter,
+}
+
+impl ServiceMetrics {
+    fn new(name: &str) -> Self {
+        let handled = |outcome: &'static str| metrics::counter!(m::REQUEST_HANDLED, m::LABEL_NAME => name.to_owned(), m::LABEL_OUTCOME => outcome);
+        let refused = |reason: &'static str| metrics::counter!(m::REQUEST_REFUSED, m::LABEL_NAME => name.to_owned(), m::LABEL_REASON => reason);
+        let actor = |metric: &'static str| metrics::counter!(metric, m::LABEL_KIND => "service", m::LABEL_NAME => name.to_owned());
+        ServiceMetrics {
+            ok: handled("ok"),
+            error: handled("error"),
+            panic: handled("panic"),
+            expired: refused("expired"),
+            unavailable: refused("unavailable"),
+            late: metrics::counter!(m::REQUEST_LATE_REPLIES, m::LABEL_NAME => name.to_owned()),
+            latency: metrics::histogram!(m::REQUEST_HANDLER_LATENCY, m::LABEL_NAME => name.to_owned()),
+            panics: actor(m::SUPERVISION_PANICS),
+            restarts: actor(m::SUPERVISION_RESTARTS),
+        }
+    }
+}
+
+/// Supervisor commands to a service actor.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum Control {
+    /// Build the state for the first time.
+    Start,
+    /// Drop the state and rebuild it from the factory.
+    Restart,
+    /// Drop the state; refuse requests until restarted.
+    Stop,
+    /// Stop the actor (shutdown). Queued requests are answered `Unavailable`.
+    Shutdown,
+}
+
+impl<S: Service> ServiceActor<S> {
+    /// Starts the actor on `arbiter` (or the current one) and returns its
+    /// address and sending side. The state is built on [`Control::Start`],
+    /// which the caller sends once the supervisor knows the child.
+    pub fn start(
+        spec: ServiceSpec<S>,
+        link: ChildLink,
+        arbiter: Option<&actix::ArbiterHandle>,
+        closing: Arc<AtomicBool>,
+    ) -> (Addr<Self>, ServiceRef<S::Request>) {
+        let (tx, mut rx) = mpsc::channel(spec.capacity.max(1));
+        let name = spec.name.clone();
+        let factory = spec.factory;
+        let create = move |ctx: &mut Context<Self>| {
+            ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+            ServiceActor {
+                metrics: ServiceMetrics::new(&name),
+                name,
+                factory,
+                state: None,
+                down: Some("starting".into()),
+                link,
+            }
+        };
+        let addr = match arbiter {
+            Some(arbiter) => Self::start_in_arbiter(arbiter, create),
+            None => Self::create(create),
+        };
+        let sref = ServiceRef {
+            timeouts: metrics::counter!(m::REQUEST_REFUSED, m::LABEL_NAME => spec.name.to_string(), m::LABEL_REASON => "timeout"),
+            mailbox_full: metrics::counter!(m::REQUEST_REFUSED, m::LABEL_NAME => spec.name.to_string(), m::LABEL_REASON => "mailbox_full"),
+            name: spec.name,
+            tx,
+            block_when_full: spec.overflow == OverflowPolicy::Block,
+            closing,
+        };
+        (addr, sref)
+    }
+
+    fn build(&mut self, ctx: &mut Context<Self>) {
+        match panic::catch(|| (self.factory)()) {
+            Ok(state) => {
+                self.state = Some(Box::new(state));
+                self.down = None;
+            }
+            Err(msg) => self.fail(Exit::Panic(format!("factory: {msg}")), ctx),
+        }
+    }
+
+    /// The state is gone: ask the supervisor what next, handling nothing
+    /// meanwhile (requests wait in the bounded inbox).
+    fn fail(&mut self, exit: Exit, ctx: &mut Context<Self>) {
+        self.state = None;
+        self.down = Some(exit.to_string());
+        let link = self.link.clone();
+        ctx.wait(async move { link.exited(exit).await }.into_actor(self).map(|directive, act, ctx| {
+            if directive == Directive::Restart {
+                act.metrics.restarts.increment(1);
+                act.build(ctx);
+            }
+        }));
+    }
+
+    fn finish(
+        &mut self,
+        state: Box<S>,
+        outcome: Result<Result<<S::Request as Request>::Response, HandlerError>, String>,
+        reply: oneshot::Sender<Result<<S::Request as Request>::Response, RequestError>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let result = match outcome {
+            Ok(Ok(response)) => {
+                self.state = Some(state);
+                self.metrics.ok.increment(1);
+                Ok(response)
+            }
+            Ok(Err(e)) => {
+                self.state = Some(state);
+                self.metrics.error.increment(1);
+                Err(RequestError::Failed(FailureReason::Failed(e.to_string())))
+            }
+            Err(msg) => {
+                drop(state);
+                self.metrics.panic.increment(1);
+                self.metrics.panics.increment(1);
+                tracing::warn!(service = %self.name, panic = %msg, "handler panicked; restarting");
+                self.fail(Exit::Panic(msg.clone()), ctx);
+                Err(RequestError::Failed(FailureReason::Panic(msg)))
+            }
+        };
+        if reply.send(result).is_err() {
+            self.metrics.late.increment(1);
+        }
+    }
+}
+
+impl<S: Service> Actor for ServiceActor<S> {
+    type Context = Context<Self>;
+}
+
+impl<S: Service> StreamHandler<Ask<S::Request>> for ServiceActor<S> {
+    fn handle(&mut self, ask: Ask<S::Request>, ctx: &mut Context<Self>) {
+        let Ask { envelope, reply } = ask;
+        if envelope.is_expired() {
+            self.metrics.expired.increment(1);
+            let _ = reply.send(Err(RequestError::Expired));
+            return;
+        }
+        let Some(mut state) = self.state.take() else {
+            self.metrics.unavailable.increment(1);
+            let reason = self.down.clone().unwrap_or_default();
+            let _ = reply.send(Err(RequestError::Unavailable { service: self.name.to_string(), reason }));
+            return;
+        };
+        let (meta, req) = envelope.split();
+        let causation = Causation { message_id: meta.id, correlation_id: meta.correlation_id, deadline: meta.deadline };
+        let span = tracing::debug_span!("request", service = %self.name, message_id = %meta.id, correlation_id = %meta.correlation_id);
+        let cx = RequestContext { envelope: meta };
+        let started = Instant::now();
+        let work = async move {
+            let outcome = panic::catch_async(in_context(causation, state.call(req, cx))).await;
+            (state, outcome)
+        };
+        ctx.wait(work.instrument(span).into_actor(self).map(move |(state, outcome), act, ctx| {
+            act.metrics.latency.record(started.elapsed());
+            act.finish(state, outcome, reply, ctx);
+        }));
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        // Every sender is gone: nothing more can arrive.
+        ctx.stop();
+    }
+}
+
+impl<S: Service> Handler<Control> for ServiceActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) {
+        match msg {
+            Control::Start => self.build(ctx),
+            Control::Restart => {
+                self.state = None;
+                self.metrics.restarts.increment(1);
+                self.build(ctx);
+            }
+            Control::Stop => {
+                self.state = None;
+                self.down = Some("stopped by its supervisor".into());
+            }
+            Control::Shutdown => {
+                self.state = None;
+                self.down = Some("shut down".into());
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl<S: Service> Child for Addr<ServiceActor<S>> {
+    fn restart(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let addr = self.clone();
+        Box::pin(async move {
+            let _ = addr.send(Control::Restart).await;
+        })
+    }
+
+    fn stop(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let addr = self.clone();
+        Box::pin(async move {
+            let _ = addr.send(Control::Stop).await;
+        })
+    }
+}

@@ -1,0 +1,207 @@
+//! Request-reply (DESIGN §6.1): typed asks, timeouts, deadlines, typed errors.
+
+mod common;
+
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actorbus::{
+    service_fn, Bus, FailureReason, HandlerError, MessageId, Request, RequestContext, RequestError, Service, Timestamp,
+};
+use common::metric;
+
+struct Echo(String);
+impl Request for Echo {
+    type Response = String;
+}
+
+struct Sleep(u64);
+impl Request for Sleep {
+    type Response = u64;
+}
+
+fn bus() -> Bus {
+    Bus::builder().build().expect("inside an actix system")
+}
+
+#[actix_rt::test]
+async fn replies_and_typed_errors() {
+    let bus = bus();
+    bus.service("rr-echo", || {
+        service_fn(|Echo(s): Echo, _cx| async move {
+            if s.is_empty() {
+                Err(HandlerError::new("empty input"))
+            } else {
+                Ok(s.to_uppercase())
+            }
+        })
+    })
+    .start()
+    .await
+    .unwrap();
+
+    assert_eq!(bus.request("rr-echo", Echo("hi".into())).await, Ok("HI".to_owned()));
+    assert_eq!(
+        bus.request("rr-echo", Echo(String::new())).await,
+        Err(RequestError::Failed(FailureReason::Failed("empty input".into())))
+    );
+    assert_eq!(bus.request("nobody", Echo("x".into())).await, Err(RequestError::UnknownService("nobody".into())));
+    assert_eq!(bus.request("rr-echo", Sleep(1)).await, Err(RequestError::WrongRequestType("rr-echo".into())));
+    assert!(bus.service("rr-echo", || service_fn(|e: Echo, _| async move { Ok(e.0) })).start().await.is_err());
+    assert_eq!(metric(&bus, "actorbus_request_reply_handled_total", r#"name="rr-echo",outcome="ok""#), 1.0);
+    assert_eq!(metric(&bus, "actorbus_request_reply_handled_total", r#"name="rr-echo",outcome="error""#), 1.0);
+}
+
+#[actix_rt::test]
+async fn timeout_then_late_reply_is_dropped_and_counted() {
+    let bus = bus();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let f = finished.clone();
+    bus.service("rr-slow", move || {
+        let f = f.clone();
+        service_fn(move |Sleep(ms): Sleep, _cx| {
+            let f = f.clone();
+            async move {
+                actix_rt::time::sleep(Duration::from_millis(ms)).await;
+                f.fetch_add(1, Ordering::SeqCst);
+                Ok(ms)
+            }
+        })
+    })
+    .start()
+    .await
+    .unwrap();
+
+    let started = std::time::Instant::now();
+    let out = bus.request("rr-slow", Sleep(300)).timeout(Duration::from_millis(50)).await;
+    assert_eq!(out, Err(RequestError::Timeout(Duration::from_millis(50))));
+    assert!(started.elapsed() < Duration::from_millis(250), "timed out on time, not when the handler finished");
+    // The handler still finishes; its reply has nobody to go to.
+    for _ in 0..100 {
+        if finished.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
+    assert_eq!(metric(&bus, "actorbus_request_reply_late_replies_total", r#"name="rr-slow""#), 1.0);
+    assert_eq!(metric(&bus, "actorbus_request_reply_refused_total", r#"name="rr-slow",reason="timeout""#), 1.0);
+    // The service is healthy afterwards.
+    assert_eq!(bus.request("rr-slow", Sleep(1)).await, Ok(1));
+}
+
+#[actix_rt::test]
+async fn past_deadline_never_reaches_the_handler() {
+    let bus = bus();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    bus.service("rr-deadline", move || {
+        let (c, g) = (c.clone(), g.clone());
+        service_fn(move |Sleep(n): Sleep, _cx| {
+            let (c, g) = (c.clone(), g.clone());
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                if n == 0 {
+                    // Hold the service busy until the test opens the gate.
+                    let _permit = g.acquire().await.map_err(|e| HandlerError::new(e.to_string()))?;
+                }
+                Ok(n)
+            }
+        })
+    })
+    .start()
+    .await
+    .unwrap();
+
+    // Already past: refused at send, the handler never runs.
+    let past = Timestamp::now();
+    assert_eq!(bus.request("rr-deadline", Sleep(1)).deadline(past).await, Err(RequestError::Expired));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    // Expires while queued behind a busy handler: never started either.
+    let busy = actix_rt::spawn(bus.request("rr-deadline", Sleep(0)).timeout(Duration::from_secs(5)).into_future());
+    while calls.load(Ordering::SeqCst) == 0 {
+        actix_rt::time::sleep(Duration::from_millis(1)).await;
+    }
+    let queued = bus.request("rr-deadline", Sleep(2)).timeout(Duration::from_millis(30)).await;
+    assert_eq!(queued, Err(RequestError::Timeout(Duration::from_millis(30))));
+    gate.add_permits(1);
+    assert_eq!(busy.await.unwrap(), Ok(0));
+    assert_eq!(bus.request("rr-deadline", Sleep(3)).await, Ok(3));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the expired request was skipped");
+    assert_eq!(metric(&bus, "actorbus_request_reply_refused_total", r#"name="rr-deadline",reason="expired""#), 1.0);
+}
+
+struct Front;
+impl Request for Front {
+    type Response = (MessageId, MessageId, Option<Timestamp>, Option<Timestamp>);
+}
+
+struct Back;
+impl Request for Back {
+    type Response = (MessageId, Option<MessageId>, Option<Timestamp>);
+}
+
+struct FrontService {
+    bus: Bus,
+}
+
+impl Service for FrontService {
+    type Request = Front;
+    async fn call(&mut self, _: Front, cx: RequestContext) -> Result<<Front as Request>::Response, HandlerError> {
+        let (corr, cause, back_left) = self.bus.request("rr-back", Back).timeout(Duration::from_secs(60)).await?;
+        assert_eq!(cause, Some(cx.id()), "causation id is the request being handled");
+        Ok((corr, cx.correlation_id(), cx.envelope().deadline, back_left))
+    }
+}
+
+#[actix_rt::test]
+async fn correlation_and_deadline_propagate_to_nested_requests() {
+    let bus = bus();
+    bus.service("rr-back", || {
+        service_fn(|_: Back, cx: RequestContext| async move {
+            Ok((cx.correlation_id(), cx.envelope().causation_id, cx.envelope().deadline))
+        })
+    })
+    .start()
+    .await
+    .unwrap();
+    let b = bus.clone();
+    bus.service("rr-front", move || FrontService { bus: b.clone() }).start().await.unwrap();
+
+    let req = bus.request("rr-front", Front).timeout(Duration::from_millis(800));
+    let correlation = req.envelope().correlation_id;
+    let created = req.envelope().created_at;
+    let (back_corr, front_corr, front_deadline, back_deadline) = req.await.unwrap();
+    assert_eq!(front_corr, correlation);
+    assert_eq!(back_corr, correlation, "the nested request joined the conversation");
+    assert_eq!(front_deadline, Some(created.after(Duration::from_millis(800))));
+    assert_eq!(back_deadline, front_deadline, "the nested request asked for 60 s but inherits the 800 ms deadline");
+}
+
+#[actix_rt::test]
+async fn services_on_worker_arbiters_answer() {
+    let bus = Bus::builder().worker_arbiters(2).build().unwrap();
+    for i in 0..2 {
+        bus.service(&format!("rr-worker-{i}"), || {
+            service_fn(|Echo(s): Echo, _| async move { Ok(format!("{s}@{:?}", std::thread::current().id())) })
+        })
+        .on_worker(i)
+        .start()
+        .await
+        .unwrap();
+    }
+    let here = format!("{:?}", std::thread::current().id());
+    let a = bus.request("rr-worker-0", Echo("a".into())).await.unwrap();
+    let b = bus.request("rr-worker-1", Echo("b".into())).await.unwrap();
+    assert!(!a.ends_with(&here) && !b.ends_with(&here), "ran off the caller's thread");
+    assert_ne!(a.split('@').nth(1), b.split('@').nth(1), "two workers, two threads");
+    let report = bus.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report.services, 2);
+    assert!(report.abandoned.is_empty());
+    assert_eq!(bus.request("rr-worker-0", Echo("late".into())).await, Err(RequestError::ShuttingDown));
+}
