@@ -37,7 +37,31 @@ pub struct MessageId(pub Uuid);
 impl MessageId {
     /// A fresh id; ids made later sort after ids made earlier.
     pub fn new() -> Self {
-        MessageId(Uuid::now_v7())
+        Self::at(Timestamp::now())
+    }
+
+    /// A fresh id stamped with `time` (UUID v7: 48 bits of Unix milliseconds,
+    /// then 74 bits that count up from a random start per thread).
+    ///
+    /// Ids from one thread are strictly increasing; ids from different
+    /// threads are ordered by millisecond. Generating one costs a
+    /// thread-local increment, not a random draw: ids are made for every
+    /// message, so this is on every hot path.
+    pub fn at(time: Timestamp) -> Self {
+        use std::cell::Cell;
+        thread_local! {
+            static SEQ: Cell<u128> = Cell::new(rand::random::<u128>() >> 56);
+        }
+        let seq = SEQ.with(|s| {
+            let v = s.get().wrapping_add(1);
+            s.set(v);
+            v
+        });
+        let ms = u128::from(time.as_millis() & 0xFFFF_FFFF_FFFF);
+        let rand_a = (seq >> 62) & 0xFFF;
+        let rand_b = seq & 0x3FFF_FFFF_FFFF_FFFF;
+        let bits = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b;
+        MessageId(Uuid::from_u128(bits))
     }
 }
 
@@ -190,12 +214,13 @@ pub struct Envelope<T> {
 impl<T> Envelope<T> {
     /// A new message that starts its own conversation.
     pub fn new(payload: T) -> Self {
-        let id = MessageId::new();
+        let created_at = Timestamp::now();
+        let id = MessageId::at(created_at);
         Envelope {
             id,
             correlation_id: id,
             causation_id: None,
-            created_at: Timestamp::now(),
+            created_at,
             deadline: None,
             priority: Priority::DEFAULT,
             attempt: 1,
@@ -291,10 +316,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_time_ordered() {
-        let a = MessageId::new();
-        let b = MessageId::new();
-        assert!(a < b);
+    fn ids_are_time_ordered_v7_uuids() {
+        let ids: Vec<MessageId> = (0..10_000).map(|_| MessageId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing on one thread");
+        assert!(ids.iter().all(|id| id.0.get_version_num() == 7 && id.0.get_variant() == uuid::Variant::RFC4122));
+        let t = Timestamp(1_700_000_000_123_456);
+        let (secs, nanos) = MessageId::at(t).0.get_timestamp().unwrap().to_unix();
+        assert_eq!((secs, nanos), (1_700_000_000, 123_000_000));
+        let other = std::thread::spawn(MessageId::new).join().unwrap();
+        assert!(!ids.contains(&other));
     }
 
     #[test]

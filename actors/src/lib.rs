@@ -12,11 +12,13 @@
 //! - [`envelope`]: the [`Envelope`](envelope::Envelope) every message travels in.
 //! - [`error`]: failure reasons and the error type user handlers return.
 //! - [`backpressure`]: bounded buffers and overflow policies.
+//! - [`deadline`]: cheap timeouts for many in-flight requests.
 //! - [`metrics`]: every metric name in one place.
 //!
 //! One module per pattern is added beside them as the patterns land.
 
 pub mod backpressure;
+pub mod deadline;
 pub mod envelope;
 pub mod error;
 pub mod metrics;

@@ -24,6 +24,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{self, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::backpressure::OverflowPolicy;
+use crate::deadline;
 use crate::envelope::{Envelope, Headers, MessageId, Timestamp};
 use crate::error::{FailureReason, HandlerError};
 use crate::metrics as m;
@@ -209,8 +211,8 @@ pub enum RequestError {
     /// The deadline passed before a handler took the request; it never ran.
     #[error("deadline passed before the request was handled")]
     Expired,
-    /// The handler returned an error or panicked.
-    #[error("handler failed: {0}")]
+    /// The handler returned an error or panicked (`failed: …`, `panic: …`).
+    #[error("{0}")]
     Failed(FailureReason),
     /// The service is stopped (by its supervisor, or for good).
     #[error("service `{service}` is unavailable: {reason}")]
@@ -259,17 +261,19 @@ impl<R: Request> ServiceRef<R> {
         if self.closing.load(Ordering::Relaxed) {
             return Err(RequestError::ShuttingDown);
         }
-        let timeout = envelope.remaining().map_or(timeout, |left| left.min(timeout));
-        // What a timeout reports: the whole budget the request was given.
-        let budget = envelope.deadline.map_or(timeout, |d| envelope.created_at.until(d));
-        if envelope.is_expired() {
+        // The whole budget the request was given, counted from its creation
+        // (which is what a timeout reports). A request that sat unsent past
+        // its deadline is refused by the service at dequeue, so this needs no
+        // clock read of its own.
+        let budget = envelope.deadline.map_or(timeout, |d| envelope.created_at.until(d).min(timeout));
+        if budget.is_zero() {
             return Err(RequestError::Expired);
         }
+        let deadline = Instant::now() + budget;
         let (reply, response) = oneshot::channel();
         let ask = Ask { envelope, reply };
-        let started = Instant::now();
         if self.block_when_full {
-            match tokio::time::timeout(timeout, self.tx.send(ask)).await {
+            match deadline::within(deadline, Box::pin(self.tx.send(ask))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(self.gone()),
                 Err(_) => return Err(self.timed_out(budget)),
@@ -283,8 +287,7 @@ impl<R: Request> ServiceRef<R> {
                 mpsc::error::TrySendError::Closed(_) => self.gone(),
             })?;
         }
-        let left = timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, response).await {
+        match deadline::within(deadline, response).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.gone()),
             Err(_) => Err(self.timed_out(budget)),
@@ -479,7 +482,8 @@ impl<S: Service> Actor for ServiceActor<S> {
 impl<S: Service> StreamHandler<Ask<S::Request>> for ServiceActor<S> {
     fn handle(&mut self, ask: Ask<S::Request>, ctx: &mut Context<Self>) {
         let Ask { envelope, reply } = ask;
-        if envelope.is_expired() {
+        let started = Timestamp::now();
+        if envelope.is_expired_at(started) {
             self.metrics.expired.increment(1);
             let _ = reply.send(Err(RequestError::Expired));
             return;
@@ -492,15 +496,32 @@ impl<S: Service> StreamHandler<Ask<S::Request>> for ServiceActor<S> {
         };
         let (meta, req) = envelope.split();
         let causation = Causation { message_id: meta.id, correlation_id: meta.correlation_id, deadline: meta.deadline };
-        let span = tracing::debug_span!("request", service = %self.name, message_id = %meta.id, correlation_id = %meta.correlation_id);
-        let cx = RequestContext { envelope: meta };
-        let started = Instant::now();
-        let work = async move {
-            let outcome = panic::catch_async(in_context(causation, state.call(req, cx))).await;
-            (state, outcome)
+        // Building a span costs even with no subscriber (the `log` bridge
+        // checks its level), so build one only when someone listens.
+        let span = if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!("request", service = %self.name, message_id = %meta.id, correlation_id = %meta.correlation_id)
+        } else {
+            tracing::Span::none()
         };
-        ctx.wait(work.instrument(span).into_actor(self).map(move |(state, outcome), act, ctx| {
-            act.metrics.latency.record(started.elapsed());
+        let cx = RequestContext { envelope: meta };
+        let mut work = Box::pin(
+            async move {
+                let outcome = panic::catch_async(in_context(causation, state.call(req, cx))).await;
+                (state, outcome)
+            }
+            .instrument(span),
+        );
+        // Most handlers finish without waiting on anything: answer those at
+        // once and keep the actor's wait queue for those that do wait. A
+        // handler left pending is polled again by `ctx.wait` with the actor's
+        // real waker, which every future must accept.
+        if let Poll::Ready((state, outcome)) = work.as_mut().poll(&mut task::Context::from_waker(Waker::noop())) {
+            self.metrics.latency.record(started.until(Timestamp::now()));
+            self.finish(state, outcome, reply, ctx);
+            return;
+        }
+        ctx.wait(work.into_actor(self).map(move |(state, outcome), act, ctx| {
+            act.metrics.latency.record(started.until(Timestamp::now()));
             act.finish(state, outcome, reply, ctx);
         }));
     }

@@ -250,6 +250,7 @@ impl Handler<ChildExited> for Supervisor {
         }
         let Some(delay) = self.budget.charge(Instant::now()) else {
             self.children[idx].running = false;
+            self.emit(SupervisionEvent::Stopped { path });
             let _ = reply.send(Directive::Stop);
             self.escalate(exit, ctx);
             return;

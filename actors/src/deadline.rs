@@ -1,0 +1,436 @@
+//! Cheap timeouts for many in-flight requests.
+//!
+//! Every request must end, reply or not, so every request has a timeout. A
+//! tokio timer per request costs about a microsecond to register and cancel,
+//! more than the rest of a same-arbiter round trip. Requests almost always
+//! finish long before their deadline, so actorbus keeps pending deadlines in
+//! one ordered table watched by a single reaper thread: registering and
+//! cancelling are a map insert and remove under an uncontended lock, and the
+//! reaper wakes only when the earliest deadline in the table is due (or was
+//! cancelled, in which case it re-reads the table and sleeps again).
+//!
+//! On actix arbiter threads, where almost every request is made, there is a
+//! cheaper path still: a per-thread slab of pending deadlines with one local
+//! reaper task, no lock and no allocation per request. The reaper sleeps until
+//! the earliest deadline it knows of; a request that finishes early leaves that
+//! sleep in place, and the reaper, woken at a deadline nobody waits for any
+//! more, re-reads the slab and sleeps again. Other threads use the shared
+//! table.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use actorbus_actors::deadline::{within, Elapsed};
+//!
+//! # futures::executor::block_on(async {
+//! let never = futures::future::pending::<()>();
+//! let out = within(Instant::now() + Duration::from_millis(20), never).await;
+//! assert_eq!(out, Err(Elapsed));
+//! assert_eq!(within(Instant::now() + Duration::from_secs(1), std::future::ready(7)).await, Ok(7));
+//! # });
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+/// The deadline passed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("deadline elapsed")]
+pub struct Elapsed;
+
+type GlobalKey = (Instant, u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    Global(GlobalKey),
+    Local { table: u64, idx: u32, gen: u32 },
+}
+
+struct Table {
+    pending: BTreeMap<GlobalKey, Waker>,
+    next_id: u64,
+    /// The deadline the reaper sleeps until, if it sleeps.
+    reaper_until: Option<Instant>,
+}
+
+struct Reaper {
+    table: Mutex<Table>,
+    wake: Condvar,
+}
+
+fn reaper() -> &'static Reaper {
+    static REAPER: OnceLock<&'static Reaper> = OnceLock::new();
+    REAPER.get_or_init(|| {
+        let reaper: &'static Reaper = Box::leak(Box::new(Reaper {
+            table: Mutex::new(Table { pending: BTreeMap::new(), next_id: 0, reaper_until: None }),
+            wake: Condvar::new(),
+        }));
+        let spawned = std::thread::Builder::new().name("actorbus-deadlines".into()).spawn(move || reaper.run());
+        if let Err(e) = spawned {
+            // Without the thread nothing would ever time out: that is a hang,
+            // which this module exists to prevent.
+            panic!("actorbus: cannot start the deadline thread: {e}");
+        }
+        reaper
+    })
+}
+
+impl Reaper {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // The table holds no invariant a panic could break halfway.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(&self) {
+        let mut table = self.lock();
+        loop {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            while let Some(entry) = table.pending.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                due.push(entry.remove());
+            }
+            let next = table.pending.keys().next().map(|k| k.0);
+            table.reaper_until = next;
+            if !due.is_empty() {
+                drop(table);
+                due.into_iter().for_each(Waker::wake);
+                table = self.lock();
+                continue;
+            }
+            table = match next {
+                Some(at) => {
+                    self.wake
+                        .wait_timeout(table, at.saturating_duration_since(now))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.wake.wait(table).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+
+    fn register(&self, deadline: Instant, waker: &Waker) -> GlobalKey {
+        let mut table = self.lock();
+        let key = (deadline, table.next_id);
+        table.next_id += 1;
+        table.pending.insert(key, waker.clone());
+        if table.reaper_until.is_none_or(|at| deadline < at) {
+            table.reaper_until = Some(deadline);
+            self.wake.notify_one();
+        }
+        key
+    }
+
+    /// Updates the waker; false when the reaper already fired this entry.
+    fn refresh(&self, key: GlobalKey, waker: &Waker) -> bool {
+        match self.lock().pending.get_mut(&key) {
+            Some(w) => {
+                w.clone_from(waker);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn cancel(&self, key: GlobalKey) {
+        self.lock().pending.remove(&key);
+    }
+}
+
+/// The per-thread table of an arbiter thread.
+struct LocalTable {
+    id: u64,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// The deadline the local reaper sleeps until; `None` when it sleeps
+    /// without one.
+    armed: Option<Instant>,
+    reaper: Option<Waker>,
+}
+
+struct Slot {
+    gen: u32,
+    deadline: Instant,
+    /// `Some` while the deadline is pending.
+    waker: Option<Waker>,
+    in_use: bool,
+}
+
+enum LocalState {
+    Unknown,
+    /// Not an actix arbiter thread: use the shared table.
+    Shared,
+    Table(LocalTable),
+}
+
+thread_local! {
+    static LOCAL: RefCell<LocalState> = const { RefCell::new(LocalState::Unknown) };
+}
+
+fn new_table_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn register(deadline: Instant, waker: &Waker) -> Key {
+    let local = LOCAL.with(|cell| {
+        let mut state = cell.borrow_mut();
+        if matches!(*state, LocalState::Unknown) {
+            *state = if actix_rt::Arbiter::try_current().is_some() {
+                // The reaper lives as long as this arbiter's runtime; when it
+                // is dropped it resets the state, so a later runtime on the
+                // same thread starts a new one.
+                actix_rt::spawn(LocalReaper { sleep: None });
+                LocalState::Table(LocalTable {
+                    id: new_table_id(),
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    armed: None,
+                    reaper: None,
+                })
+            } else {
+                LocalState::Shared
+            };
+        }
+        let LocalState::Table(t) = &mut *state else { return None };
+        let idx = match t.free.pop() {
+            Some(i) => i,
+            None => {
+                t.slots.push(Slot { gen: 0, deadline, waker: None, in_use: false });
+                u32::try_from(t.slots.len() - 1).ok()?
+            }
+        };
+        let slot = &mut t.slots[idx as usize];
+        slot.gen = slot.gen.wrapping_add(1);
+        slot.deadline = deadline;
+        slot.waker = Some(waker.clone());
+        slot.in_use = true;
+        let key = Key::Local { table: t.id, idx, gen: slot.gen };
+        if t.armed.is_none_or(|at| deadline < at) {
+            t.armed = Some(deadline);
+            if let Some(reaper) = t.reaper.take() {
+                reaper.wake();
+            }
+        }
+        Some(key)
+    });
+    local.unwrap_or_else(|| Key::Global(reaper().register(deadline, waker)))
+}
+
+/// Runs `f` on the local slot of `key` if this thread owns it.
+fn with_local_slot<R>(table: u64, idx: u32, gen: u32, f: impl FnOnce(&mut LocalTable, usize) -> R) -> Option<R> {
+    LOCAL
+        .try_with(|cell| {
+            let mut state = cell.try_borrow_mut().ok()?;
+            let LocalState::Table(t) = &mut *state else { return None };
+            let i = idx as usize;
+            let owned = t.id == table && t.slots.get(i).is_some_and(|s| s.in_use && s.gen == gen);
+            owned.then(|| f(t, i))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Updates the waker; false when the deadline already fired.
+fn refresh(key: Key, waker: &Waker) -> bool {
+    match key {
+        Key::Global(k) => reaper().refresh(k, waker),
+        Key::Local { table, idx, gen } => with_local_slot(table, idx, gen, |t, i| match &mut t.slots[i].waker {
+            Some(w) => {
+                w.clone_from(waker);
+                true
+            }
+            None => false,
+        })
+        // Polled on another thread than it registered on (a `Send` future
+        // moved by a multi-threaded runtime): only the deadline check holds.
+        .unwrap_or(true),
+    }
+}
+
+fn cancel(key: Key) {
+    match key {
+        Key::Global(k) => reaper().cancel(k),
+        Key::Local { table, idx, gen } => {
+            // From another thread, or after the runtime went away, there is
+            // nothing to free: the slot dies with its table.
+            let _ = with_local_slot(table, idx, gen, |t, i| {
+                t.slots[i].waker = None;
+                t.slots[i].in_use = false;
+                t.free.push(idx);
+            });
+        }
+    }
+}
+
+/// The task that fires the deadlines of one arbiter thread.
+struct LocalReaper {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for LocalReaper {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let mut due = Vec::new();
+            let next = LOCAL.with(|cell| {
+                let mut state = cell.borrow_mut();
+                let LocalState::Table(t) = &mut *state else { return None };
+                let now = Instant::now();
+                let mut next: Option<Instant> = None;
+                for slot in t.slots.iter_mut().filter(|s| s.waker.is_some()) {
+                    if slot.deadline <= now {
+                        due.extend(slot.waker.take());
+                    } else {
+                        next = Some(next.map_or(slot.deadline, |n| n.min(slot.deadline)));
+                    }
+                }
+                t.armed = next;
+                t.reaper = Some(cx.waker().clone());
+                next
+            });
+            due.into_iter().for_each(Waker::wake);
+            let Some(at) = next else { return Poll::Pending };
+            let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+            sleep.as_mut().reset(at.into());
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl Drop for LocalReaper {
+    fn drop(&mut self) {
+        let _ = LOCAL.try_with(|cell| {
+            if let Ok(mut state) = cell.try_borrow_mut() {
+                *state = LocalState::Unknown;
+            }
+        });
+    }
+}
+
+/// Runs `fut` until it completes or `deadline` passes, whichever is first.
+/// `fut` must be `Unpin` (box it with `Box::pin` otherwise), which keeps this
+/// free of unsafe pin projection.
+pub fn within<F: Future + Unpin>(deadline: Instant, fut: F) -> Within<F> {
+    Within { fut, deadline, key: None }
+}
+
+/// The future returned by [`within`].
+pub struct Within<F> {
+    fut: F,
+    deadline: Instant,
+    key: Option<Key>,
+}
+
+impl<F: Future + Unpin> Future for Within<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(out) = Pin::new(&mut this.fut).poll(cx) {
+            if let Some(key) = this.key.take() {
+                cancel(key);
+            }
+            return Poll::Ready(Ok(out));
+        }
+        match this.key {
+            // A deadline already past is registered all the same: the reaper
+            // fires it at once, and the common case saves a clock read.
+            None => {
+                this.key = Some(register(this.deadline, cx.waker()));
+                Poll::Pending
+            }
+            Some(key) => {
+                if Instant::now() >= this.deadline || !refresh(key, cx.waker()) {
+                    this.key = None;
+                    cancel(key);
+                    return Poll::Ready(Err(Elapsed));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<F> Drop for Within<F> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            cancel(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn many_deadlines_fire_in_order_and_cancelled_ones_never_do() {
+        let start = Instant::now();
+        let outs = futures::executor::block_on(futures::future::join_all((0..50u64).map(|i| async move {
+            let at = start + Duration::from_millis(10 + (i % 5) * 10);
+            let r = within(at, futures::future::pending::<()>()).await;
+            (r, Instant::now() >= at)
+        })));
+        assert!(outs.iter().all(|(r, late_enough)| *r == Err(Elapsed) && *late_enough));
+        // Finished futures leave nothing behind.
+        for _ in 0..100 {
+            assert_eq!(
+                futures::executor::block_on(within(Instant::now() + Duration::from_secs(60), std::future::ready(1))),
+                Ok(1)
+            );
+        }
+        let leftover =
+            reaper().lock().pending.keys().filter(|k| k.0 > Instant::now() + Duration::from_secs(30)).count();
+        assert_eq!(leftover, 0);
+    }
+
+    fn local_slots_in_use() -> usize {
+        LOCAL.with(|c| match &*c.borrow() {
+            LocalState::Table(t) => t.slots.iter().filter(|s| s.in_use).count(),
+            _ => usize::MAX,
+        })
+    }
+
+    #[test]
+    fn arbiter_threads_fire_local_deadlines_in_any_order_and_free_their_slots() {
+        for _ in 0..2 {
+            // A second System on the same thread gets a new reaper.
+            actix_rt::System::new().block_on(async {
+                let start = Instant::now();
+                let waits = [80u64, 10, 40, 5000, 20];
+                let outs = futures::future::join_all(waits.iter().map(|&ms| async move {
+                    let at = start + Duration::from_millis(ms);
+                    let fut = within(at, futures::future::pending::<()>());
+                    if ms == 5000 {
+                        // Cancelled long before its deadline: must not fire.
+                        let r = within(start + Duration::from_millis(100), fut).await;
+                        return (ms, r.is_err(), Instant::now() < at);
+                    }
+                    let r = fut.await;
+                    (ms, r == Err(Elapsed), Instant::now() >= at)
+                }))
+                .await;
+                for (ms, fired, on_time) in outs {
+                    assert!(fired && on_time, "deadline {ms} ms");
+                }
+                for _ in 0..1000 {
+                    assert_eq!(within(Instant::now() + Duration::from_secs(60), std::future::ready(1)).await, Ok(1));
+                }
+                assert_eq!(local_slots_in_use(), 0, "every slot was freed");
+            });
+        }
+    }
+}

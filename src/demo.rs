@@ -1,0 +1,224 @@
+//! `actorbus demo`: every pattern end to end, with live progress and a closing
+//! summary per pattern. Each section checks what it shows: a count that does
+//! not add up marks the pattern failed and the command exits non-zero.
+
+use std::future::IntoFuture;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actorbus::{
+    service_fn, Backoff, Bus, FailureReason, HandlerError, OverflowPolicy, Request, RequestError, Restart, Strategy,
+    SupervisionEvent,
+};
+use futures::future::join_all;
+use tokio::sync::broadcast::error::TryRecvError;
+
+/// One line of the closing summary.
+struct Outcome {
+    pattern: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+pub fn run(data_dir: &Path, messages: u32) -> Result<bool, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(data_dir)?;
+    // Panics are part of the show: print one line each instead of the default
+    // report (the handler's caller gets the typed error anyway).
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or(info.payload().downcast_ref::<String>().map(String::as_str));
+        progress_note(&format!("handler panicked: {}", msg.unwrap_or("?")));
+    }));
+    println!("actorbus demo: every pattern end to end (data in {})\n", data_dir.display());
+    let outcomes = actix::System::new().block_on(async move {
+        let bus = Bus::builder().worker_arbiters(1).build()?;
+        let outcomes = vec![request_reply(&bus, messages).await?, supervision(&bus, messages.min(3_000)).await?];
+        bus.shutdown(Duration::from_secs(2)).await;
+        Ok::<_, Box<dyn std::error::Error>>(outcomes)
+    })?;
+    println!("\nsummary");
+    for o in &outcomes {
+        println!("  {} {:<14} {}", if o.ok { "ok  " } else { "FAIL" }, o.pattern, o.detail);
+    }
+    Ok(outcomes.iter().all(|o| o.ok))
+}
+
+fn progress(label: &str, done: u32, total: u32) {
+    if std::io::stdout().is_terminal() {
+        print!("\r  {label}: {done}/{total}");
+        let _ = std::io::stdout().flush();
+        if done == total {
+            println!();
+        }
+    } else if done == total {
+        println!("  {label}: {done}/{total}");
+    }
+}
+
+fn progress_note(line: &str) {
+    if !std::io::stdout().is_terminal() {
+        return;
+    }
+    print!("\r\x1b[2K  · {line}");
+    let _ = std::io::stdout().flush();
+}
+
+struct Quote(u32);
+impl Request for Quote {
+    type Response = u32;
+}
+
+async fn request_reply(bus: &Bus, n: u32) -> Result<Outcome, Box<dyn std::error::Error>> {
+    println!("request-reply: `pricing` answers quotes on a worker arbiter");
+    let pricing = bus
+        .service("pricing", || {
+            service_fn(|Quote(sku): Quote, _| async move {
+                match sku {
+                    u32::MAX => Err(HandlerError::new("no such product")),
+                    0 => {
+                        actix_rt::time::sleep(Duration::from_millis(200)).await;
+                        Ok(0)
+                    }
+                    sku => Ok(sku * 3),
+                }
+            })
+        })
+        .on_worker(0)
+        .start()
+        .await?;
+    let started = Instant::now();
+    let mut answered = 0;
+    let batch = 500;
+    let mut sent = 0;
+    while sent < n {
+        let size = batch.min(n - sent);
+        let replies = join_all((sent + 1..=sent + size).map(|i| pricing.request(Quote(i)).into_future())).await;
+        answered += replies.iter().enumerate().filter(|(k, r)| **r == Ok((sent + 1 + *k as u32) * 3)).count() as u32;
+        sent += size;
+        progress("quotes answered", answered, n);
+    }
+    let took = started.elapsed();
+    println!("  {n} requests in {took:.2?} ({:.0} req/s)", f64::from(n) / took.as_secs_f64());
+    let failed = pricing.request(Quote(u32::MAX)).await;
+    println!("  handler error  -> {}", show(&failed));
+    let timeout = pricing.request(Quote(0)).timeout(Duration::from_millis(50)).await;
+    println!("  50 ms timeout  -> {}", show(&timeout));
+    let unknown = bus.request("shipping", Quote(1)).await;
+    println!("  unknown name   -> {}", show(&unknown));
+    let ok = answered == n
+        && matches!(failed, Err(RequestError::Failed(FailureReason::Failed(_))))
+        && timeout == Err(RequestError::Timeout(Duration::from_millis(50)))
+        && unknown == Err(RequestError::UnknownService("shipping".into()));
+    Ok(Outcome {
+        pattern: "request-reply",
+        ok,
+        detail: format!("{answered}/{n} answered in {took:.2?}; handler error, timeout and unknown service typed"),
+    })
+}
+
+fn show<T: std::fmt::Debug>(r: &Result<T, RequestError>) -> String {
+    match r {
+        Ok(v) => format!("ok {v:?}"),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+struct Work(u32);
+impl Request for Work {
+    type Response = u32;
+}
+
+async fn supervision(bus: &Bus, n: u32) -> Result<Outcome, Box<dyn std::error::Error>> {
+    println!("\nsupervision: every 3rd request panics; the service is rebuilt each time");
+    let sup = bus
+        .supervisor("demo-workers")
+        .strategy(Strategy::OneForOne)
+        .intensity(n, Duration::from_secs(60))
+        .backoff(Backoff::NONE)
+        .start()
+        .await?;
+    let builds = Arc::new(AtomicU32::new(0));
+    let b = builds.clone();
+    let flaky = sup
+        .service("flaky", move || {
+            b.fetch_add(1, Ordering::Relaxed);
+            service_fn(|Work(i): Work, _| async move {
+                if i % 3 == 2 {
+                    panic!("request {i} is a third one");
+                }
+                Ok(i)
+            })
+        })
+        // Senders wait for room rather than being refused, so every request
+        // is handled: the mailbox holds 256, the rest wait their turn.
+        .mailbox(256, OverflowPolicy::Block)
+        .start()
+        .await?;
+    let replies = join_all((0..n).map(|i| flaky.request(Work(i)).timeout(Duration::from_secs(30)).into_future())).await;
+    let answered = replies.iter().filter(|r| r.is_ok()).count() as u32;
+    let panicked =
+        replies.iter().filter(|r| matches!(r, Err(RequestError::Failed(FailureReason::Panic(_))))).count() as u32;
+    let rejected = replies.iter().filter(|r| matches!(r, Err(RequestError::MailboxFull(_)))).count() as u32;
+    progress("requests settled", answered + panicked + rejected, n);
+    let restarts = builds.load(Ordering::Relaxed) - 1;
+    println!("  {answered} answered + {panicked} panics reported to their callers + {rejected} refused = {n} sent; {restarts} restarts");
+
+    println!("  a supervisor allowing 2 restarts in 10 s meets a service that always panics:");
+    let mut events = bus.events();
+    let fragile = bus
+        .supervisor("demo-fragile")
+        .intensity(2, Duration::from_secs(10))
+        .backoff(Backoff::NONE)
+        .restart(Restart::Temporary)
+        .start()
+        .await?;
+    let doomed = fragile
+        .service("doomed", || {
+            service_fn(|Work(i): Work, _| async move {
+                if i < u32::MAX {
+                    panic!("always")
+                } else {
+                    Ok(i)
+                }
+            })
+        })
+        .start()
+        .await?;
+    let mut escalated = false;
+    for i in 0..3 {
+        let _ = doomed.request(Work(i)).await;
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    loop {
+        match events.try_recv() {
+            Ok(SupervisionEvent::Escalated { supervisor, cause }) => {
+                println!("  escalated: {supervisor} gave up after {cause}");
+                escalated = supervisor == "root/demo-fragile";
+            }
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
+        }
+    }
+    let after = doomed.request(Work(0)).await;
+    println!("  afterwards     -> {}", show(&after));
+    let expected_panics = (0..n).filter(|i| i % 3 == 2).count() as u32;
+    let ok = panicked == expected_panics
+        && rejected == 0
+        && answered == n - expected_panics
+        && restarts == expected_panics
+        && escalated
+        && matches!(after, Err(RequestError::Unavailable { .. }));
+    Ok(Outcome {
+        pattern: "supervision",
+        ok,
+        detail: format!(
+            "{n} sent = {answered} answered + {panicked} panics + {rejected} refused; {restarts} restarts; escalation after 3 panics"
+        ),
+    })
+}
