@@ -6,8 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::{Addr, Arbiter, ArbiterHandle};
+use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use actorbus_actors::backpressure::OverflowPolicy;
+use actorbus_actors::jobs::{JobTracker, JobTrackerConfig};
 use actorbus_actors::registry::{Lookup, NameTaken, Registry};
 use actorbus_actors::request_reply::{Control, Request, RequestError, Service, ServiceActor, ServiceRef, ServiceSpec};
 use actorbus_actors::supervision::{
@@ -16,6 +17,7 @@ use actorbus_actors::supervision::{
 };
 use tokio::sync::broadcast;
 
+use crate::jobs::Jobs;
 use crate::request::RequestBuilder;
 
 /// Why the bus could not do what was asked.
@@ -48,6 +50,7 @@ pub struct BusBuilder {
     default_timeout: Duration,
     root: SupervisorSpec,
     metrics: bool,
+    jobs: JobTrackerConfig,
 }
 
 impl Default for BusBuilder {
@@ -57,6 +60,7 @@ impl Default for BusBuilder {
             default_timeout: Duration::from_secs(5),
             root: SupervisorSpec::default(),
             metrics: true,
+            jobs: JobTrackerConfig::default(),
         }
     }
 }
@@ -90,6 +94,13 @@ impl BusBuilder {
         self
     }
 
+    /// Limits of the job tracker (retention of ended jobs, pending jobs per
+    /// kind, jobs retained in all).
+    pub fn jobs(mut self, config: JobTrackerConfig) -> Self {
+        self.jobs = config;
+        self
+    }
+
     /// Starts the bus on the current actix `System`.
     pub fn build(self) -> Result<Bus, BusError> {
         actix_rt::System::try_current().ok_or(BusError::NoSystem)?;
@@ -108,6 +119,7 @@ impl BusBuilder {
                 closing: Arc::new(AtomicBool::new(false)),
                 default_timeout: self.default_timeout,
                 metrics,
+                jobs: JobTracker::new(self.jobs).start(),
             }),
         })
     }
@@ -130,6 +142,7 @@ struct Inner {
     closing: Arc<AtomicBool>,
     default_timeout: Duration,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    jobs: Addr<JobTracker>,
 }
 
 /// The runtime: owns the supervision tree, the registries and the worker
@@ -205,6 +218,11 @@ impl Bus {
             Err(Lookup::Unknown) => Err(RequestError::UnknownService(name.to_owned())),
             Err(Lookup::WrongType) => Err(RequestError::WrongRequestType(name.to_owned())),
         }
+    }
+
+    /// The job tracker: asynchronous request-reply.
+    pub fn jobs(&self) -> Jobs {
+        Jobs::new(self.clone(), self.inner.jobs.clone())
     }
 
     /// What the supervision tree does from now on (restarts, stops,
@@ -296,6 +314,10 @@ impl<R: Request> ServiceHandle<R> {
     /// Requests waiting in its inbox.
     pub fn queued(&self) -> usize {
         self.target.queued()
+    }
+
+    pub(crate) fn service_ref(&self) -> Arc<ServiceRef<R>> {
+        self.target.clone()
     }
 }
 

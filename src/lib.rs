@@ -52,6 +52,10 @@
 pub use actorbus_actors as actors;
 
 mod bus;
+pub mod config;
+#[cfg(feature = "http")]
+pub mod gateway;
+mod jobs;
 mod request;
 mod telemetry;
 
@@ -63,4 +67,5 @@ pub use actorbus_actors::supervision::{Backoff, Exit, Intensity, Restart, Strate
 pub use bus::{
     Bus, BusBuilder, BusError, ServiceBuilder, ServiceHandle, ShutdownReport, SupervisorBuilder, SupervisorHandle,
 };
+pub use jobs::{JobKindBuilder, Jobs};
 pub use request::RequestBuilder;

@@ -2,6 +2,8 @@
 //! gateway lands, serves it over HTTP).
 
 mod demo;
+#[cfg(feature = "http")]
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +30,21 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         messages: u32,
     },
+    /// Run the runtime behind the HTTP gateway, configured by a TOML file.
+    #[cfg(feature = "http")]
+    Serve {
+        /// The configuration file (listen address, data directory, admin
+        /// token, body limit, queues, topics, job kinds). Without one, the
+        /// defaults: 127.0.0.1:8080 and no job kinds.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `listen` from the file.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `data_dir` from the file.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,6 +53,8 @@ fn main() -> ExitCode {
     // unless RUST_LOG asks for them.
     let default_filter = match cli.command {
         Command::Demo { .. } => "off",
+        #[cfg(feature = "http")]
+        Command::Serve { .. } => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -52,6 +71,14 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("demo: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        #[cfg(feature = "http")]
+        Command::Serve { config, listen, data_dir } => match serve::run(config.as_deref(), listen, data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("serve: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -15,12 +15,18 @@
 //! - [`deadline`]: cheap timeouts for many in-flight requests.
 //! - [`metrics`]: every metric name in one place.
 //!
-//! One module per pattern is added beside them as the patterns land.
+//! One module per pattern:
+//!
+//! - [`request_reply`]: typed asks to named services.
+//! - [`jobs`]: asynchronous request-reply (submit, poll, cancel).
+//!
+//! More are added beside them as the patterns land.
 
 pub mod backpressure;
 pub mod deadline;
 pub mod envelope;
 pub mod error;
+pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod request_reply;

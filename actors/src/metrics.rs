@@ -38,6 +38,13 @@ pub const SUPERVISION_RESTARTS: &str = "actorbus_supervision_restarts_total";
 /// Supervisors that exceeded their restart intensity and escalated.
 pub const SUPERVISION_ESCALATIONS: &str = "actorbus_supervision_escalations_total";
 
+/// Jobs submitted, by kind.
+pub const JOBS_SUBMITTED: &str = "actorbus_jobs_submitted_total";
+/// Jobs that ended, by kind and outcome (`succeeded`, `failed`).
+pub const JOBS_FINISHED: &str = "actorbus_jobs_finished_total";
+/// Jobs currently known to the tracker, by state.
+pub const JOBS_BY_STATE: &str = "actorbus_jobs_by_state_jobs";
+
 /// Registers help text and units for every metric, so exporters print them.
 /// Call once after installing a recorder.
 pub fn describe() {
@@ -48,5 +55,8 @@ pub fn describe() {
     describe_gauge!(REQUEST_MAILBOX_DEPTH, Unit::Count, "Requests waiting in a service mailbox.");
     describe_counter!(SUPERVISION_PANICS, Unit::Count, "Handler panics caught by a panic boundary.");
     describe_counter!(SUPERVISION_RESTARTS, Unit::Count, "Actors rebuilt from their factory.");
+    describe_counter!(JOBS_SUBMITTED, Unit::Count, "Jobs submitted, by kind.");
+    describe_counter!(JOBS_FINISHED, Unit::Count, "Jobs that ended, by kind and outcome.");
+    describe_gauge!(JOBS_BY_STATE, Unit::Count, "Jobs known to the tracker, by state.");
     describe_counter!(SUPERVISION_ESCALATIONS, Unit::Count, "Supervisors that exceeded their restart intensity.");
 }

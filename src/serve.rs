@@ -1,0 +1,53 @@
+//! `actorbus serve`: the runtime behind the HTTP gateway.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actorbus::actors::jobs::JobTrackerConfig;
+use actorbus::config::{Config, WorkerSpec};
+use actorbus::gateway::{self, GatewayConfig};
+use actorbus::Bus;
+
+pub fn run(
+    config_path: Option<&Path>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = match config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::parse("")?,
+    };
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
+    if !config.listen.ip().is_loopback() && config.admin_token.is_none() {
+        tracing::warn!(listen = %config.listen, "listening beyond loopback without an admin token");
+    }
+    actix::System::new().block_on(async move {
+        let jobs = JobTrackerConfig { retention: Duration::from_millis(config.job_retention_ms), ..Default::default() };
+        let bus = Bus::builder().jobs(jobs).build()?;
+        for job in &config.jobs {
+            match job.worker_spec()? {
+                WorkerSpec::Builtin(worker) => {
+                    bus.jobs().builtin(&job.kind, worker).workers(job.workers).timeout(job.timeout()).start().await?;
+                }
+            }
+        }
+        let gateway = GatewayConfig {
+            listen: config.listen,
+            max_body_bytes: config.max_body_bytes,
+            admin_token: config.admin_token.clone(),
+            workers: config.http_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        };
+        gateway::serve(bus.clone(), gateway).await?;
+        let report = bus.shutdown(Duration::from_secs(5)).await;
+        tracing::info!(services = report.services, took = ?report.took, "stopped");
+        Ok(())
+    })
+}
