@@ -38,7 +38,11 @@ pub fn run(data_dir: &Path, messages: u32) -> Result<bool, Box<dyn std::error::E
     println!("actorbus demo: every pattern end to end (data in {})\n", data_dir.display());
     let outcomes = actix::System::new().block_on(async move {
         let bus = Bus::builder().worker_arbiters(1).build()?;
-        let outcomes = vec![request_reply(&bus, messages).await?, supervision(&bus, messages.min(3_000)).await?];
+        let outcomes = vec![
+            request_reply(&bus, messages).await?,
+            supervision(&bus, messages.min(3_000)).await?,
+            async_jobs(&bus, (messages / 10).clamp(10, 1_000)).await?,
+        ];
         bus.shutdown(Duration::from_secs(2)).await;
         Ok::<_, Box<dyn std::error::Error>>(outcomes)
     })?;
@@ -221,4 +225,49 @@ async fn supervision(bus: &Bus, n: u32) -> Result<Outcome, Box<dyn std::error::E
             "{n} sent = {answered} answered + {panicked} panics + {rejected} refused; {restarts} restarts; escalation after 3 panics"
         ),
     })
+}
+
+async fn async_jobs(bus: &Bus, n: u32) -> Result<Outcome, Box<dyn std::error::Error>> {
+    use actorbus::actors::jobs::{BuiltinWorker, JobStatus};
+    use serde_json::json;
+
+    println!("\nasync request-reply: {n} `echo` jobs and a cancelled `sleep` job, polled to the end");
+    let jobs = bus.jobs();
+    jobs.builtin("echo", BuiltinWorker::Echo).workers(4).start().await?;
+    jobs.builtin("sleep", BuiltinWorker::Sleep).start().await?;
+    let mut ids = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        ids.push(jobs.submit("echo", json!({"i": i, "delay_ms": 1}), None).await?.job.id);
+    }
+    let long = jobs.submit("sleep", json!({"ms": 1_000}), None).await?.job.id;
+    actix_rt::time::sleep(Duration::from_millis(250)).await;
+    let progress = jobs.get(long).await?.progress;
+    let cancelled = jobs.cancel(long).await?.status == JobStatus::Cancelled;
+    let mut succeeded = 0;
+    for (i, id) in ids.iter().enumerate() {
+        loop {
+            let view = jobs.get(*id).await?;
+            if view.status.is_final() {
+                if view.status == JobStatus::Succeeded && view.result == Some(json!({"i": i, "delay_ms": 1})) {
+                    succeeded += 1;
+                }
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(2)).await;
+        }
+        progress_report(succeeded, n);
+    }
+    println!(
+        "  the sleep job was at {progress}% when cancelled: {}",
+        if cancelled { "cancelled" } else { "NOT cancelled" }
+    );
+    Ok(Outcome {
+        pattern: "async jobs",
+        ok: succeeded == n && cancelled && progress > 0,
+        detail: format!("{succeeded}/{n} jobs succeeded with their own result; a running job cancelled at {progress}%"),
+    })
+}
+
+fn progress_report(done: u32, total: u32) {
+    progress("jobs finished", done, total);
 }

@@ -29,6 +29,7 @@ fn demo_runs_every_pattern_and_its_checks_pass() {
         stdout.contains("ok   supervision    600 sent = 400 answered + 200 panics + 0 refused; 200 restarts"),
         "{stdout}"
     );
+    assert!(stdout.contains("ok   async jobs     60/60 jobs succeeded"), "{stdout}");
     assert!(dir.is_dir(), "the data directory is created");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -241,3 +241,63 @@ fn post(path: &str, body: &[u8]) -> Vec<u8> {
 fn raw_get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").into_bytes()
 }
+
+/// Every route in `docs/openapi.json` exists on the server: it answers
+/// something other than "no such route" / "method not allowed".
+#[test]
+fn every_route_in_the_openapi_document_answers() {
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../docs/openapi.json")).expect("docs/openapi.json is JSON");
+    let server = Server::start(CONFIG);
+    let job = server.post_json("/v1/jobs/echo", "{}");
+    let id = job.json()["id"].as_str().unwrap().to_owned();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let concrete = path.replace("{kind}", "echo").replace("{id}", &id);
+            let r = server.request(&method.to_uppercase(), &concrete, &[], Some(b"{}"));
+            let documented: Vec<u16> =
+                op["responses"].as_object().unwrap().keys().filter_map(|k| k.parse().ok()).collect();
+            assert!(
+                documented.contains(&r.status),
+                "{method} {path}: status {} not documented {documented:?}",
+                r.status
+            );
+            if r.status == 404 {
+                assert_ne!(r.error_code(), "not_found", "{method} {path} is not routed");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 7);
+}
+
+/// `/metrics` passes `promtool check metrics` (Debian's `prometheus` package;
+/// installed here through apt when missing, as on a fresh machine).
+#[test]
+fn metrics_pass_promtool() {
+    let promtool = server::promtool();
+    let server = Server::start(CONFIG);
+    for kind in ["echo", "fail"] {
+        let r = server.post_json(&format!("/v1/jobs/{kind}"), r#"{"message": "x"}"#);
+        poll_until_ended(&server, r.header("location").unwrap());
+    }
+    let text = server.get("/metrics").body;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&text)
+    );
+}

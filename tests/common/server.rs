@@ -147,3 +147,32 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         data = data.get(size + 2..)?;
     }
 }
+
+/// The `promtool` binary, installing Debian's `prometheus` package when it is
+/// missing and this is a root shell with apt (as on this project's machines).
+pub fn promtool() -> PathBuf {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONCE.lock().unwrap_or_else(|p| p.into_inner());
+    let find = || {
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("promtool")).find(|p| p.is_file()))
+    };
+    if let Some(p) = find() {
+        return p;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install = ["install", "-y", "-qq", "--no-install-recommends", "prometheus"];
+    if !apt(&install) {
+        let _ = apt(&["update", "-qq"]);
+        apt(&install);
+    }
+    find().expect("promtool not found and could not be installed: apt-get install prometheus")
+}
