@@ -383,7 +383,7 @@ impl<S: Service> ServiceBuilder<S> {
         let spec =
             ServiceSpec { name: name.clone(), factory: self.factory, capacity: self.capacity, overflow: self.overflow };
         let link = ChildLink::new(self.parent.clone(), name.clone());
-        let (addr, sref) = ServiceActor::start(spec, link, arbiter, Arc::new(AtomicBool::new(false)));
+        let (addr, sref) = ServiceActor::start(spec, link, arbiter);
         let child = AddChild { name, restart: self.restart, child: Box::new(addr.clone()) };
         self.parent.send(child).await.map_err(|_| BusError::SupervisorGone(self.name.clone()))??;
         // Build the state only once the supervisor knows the child, so that a

@@ -163,3 +163,16 @@ async fn a_panicking_worker_fails_its_job_and_serves_the_next() {
     assert_eq!(failed.error.as_deref(), Some("panic: worker exploded"));
     assert_eq!(settle(&jobs, ok).await.result, Some(json!("fine")));
 }
+
+#[actix_rt::test]
+async fn shutdown_fails_pending_jobs_instead_of_leaving_them_pending() {
+    let bus = Bus::builder().build().unwrap();
+    let jobs = builtins(&bus).await;
+    let running = jobs.submit("sleep", json!({"ms": 50}), None).await.unwrap().job.id;
+    let pending = jobs.submit("sleep", json!({"ms": 50}), None).await.unwrap().job.id;
+    bus.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(settle(&jobs, running).await.status, JobStatus::Succeeded, "drained");
+    let view = settle(&jobs, pending).await;
+    assert_eq!(view.status, JobStatus::Failed);
+    assert!(view.error.unwrap().contains("shutting down"));
+}

@@ -239,7 +239,7 @@ pub struct ServiceRef<R: Request> {
     name: Arc<str>,
     tx: mpsc::Sender<Ask<R>>,
     block_when_full: bool,
-    closing: Arc<AtomicBool>,
+    closing: AtomicBool,
     timeouts: metrics::Counter,
     mailbox_full: metrics::Counter,
 }
@@ -387,7 +387,6 @@ impl<S: Service> ServiceActor<S> {
         spec: ServiceSpec<S>,
         link: ChildLink,
         arbiter: Option<&actix::ArbiterHandle>,
-        closing: Arc<AtomicBool>,
     ) -> (Addr<Self>, ServiceRef<S::Request>) {
         let (tx, mut rx) = mpsc::channel(spec.capacity.max(1));
         let name = spec.name.clone();
@@ -413,7 +412,7 @@ impl<S: Service> ServiceActor<S> {
             name: spec.name,
             tx,
             block_when_full: spec.overflow == OverflowPolicy::Block,
-            closing,
+            closing: AtomicBool::new(false),
         };
         (addr, sref)
     }

@@ -18,6 +18,10 @@
 //! lookup then finds nothing). Everything is bounded: pending jobs per kind,
 //! and retained jobs overall (the oldest ended ones go first).
 //!
+//! Jobs live in memory: a process restart forgets them. At shutdown, running
+//! jobs get the bus's drain time to finish, and jobs still pending then fail
+//! with reason `the bus is shutting down`, so nobody polls forever.
+//!
 //! The HTTP contract (202 + `Location` + `Retry-After`, 303 to the result,
 //! `DELETE` to cancel) is the gateway's; this module is the same thing in Rust.
 
