@@ -19,4 +19,6 @@
 pub mod backpressure;
 pub mod envelope;
 pub mod error;
+pub mod event_store;
 pub mod metrics;
+pub mod store;

@@ -38,6 +38,40 @@ pub const SUPERVISION_RESTARTS: &str = "actorbus_supervision_restarts_total";
 /// Supervisors that exceeded their restart intensity and escalated.
 pub const SUPERVISION_ESCALATIONS: &str = "actorbus_supervision_escalations_total";
 
+/// Label: the name of a subscription or projection.
+pub const LABEL_SUBSCRIPTION: &str = "subscription";
+
+/// Appends answered by an event store, by store name and outcome
+/// (`written`, `idempotent`, `conflict`, `duplicate`, `invalid`, `error`).
+pub const EVENT_STORE_APPENDS: &str = "actorbus_event_store_appends_total";
+/// Events written by an event store (idempotent repeats not counted).
+pub const EVENT_STORE_EVENTS_APPENDED: &str = "actorbus_event_store_events_appended_total";
+/// Appends refused for a wrong expected version.
+pub const EVENT_STORE_CONFLICTS: &str = "actorbus_event_store_conflicts_total";
+/// Time from an append reaching the event store to its answer (queueing,
+/// group commit and fsync included).
+pub const EVENT_STORE_APPEND_LATENCY: &str = "actorbus_event_store_append_latency_seconds";
+/// Durable commits (one transaction, one fsync each).
+pub const EVENT_STORE_COMMITS: &str = "actorbus_event_store_commits_total";
+/// Time one group commit took on the writer thread.
+pub const EVENT_STORE_COMMIT_LATENCY: &str = "actorbus_event_store_commit_latency_seconds";
+/// Events written per commit: how much group commit is batching.
+pub const EVENT_STORE_BATCH_SIZE: &str = "actorbus_event_store_batch_size_events";
+/// Subscriptions currently receiving live events.
+pub const EVENT_STORE_LIVE_SUBSCRIPTIONS: &str = "actorbus_event_store_live_subscriptions_active";
+/// Live subscriptions that fell behind and went back to catch-up reads.
+pub const EVENT_STORE_SUBSCRIPTION_FALLBACKS: &str =
+    "actorbus_event_store_subscription_fallbacks_total";
+/// Events in `$all` that a named subscription has not delivered yet.
+pub const EVENT_STORE_SUBSCRIPTION_LAG: &str = "actorbus_event_store_subscription_lag_events";
+/// Aggregate snapshots saved.
+pub const EVENT_STORE_SNAPSHOTS_SAVED: &str = "actorbus_event_store_snapshots_saved_total";
+/// Events replayed to rebuild aggregate state.
+pub const EVENT_STORE_EVENTS_REPLAYED: &str = "actorbus_event_store_replayed_events_total";
+/// The global position up to which a projection's checkpoint is saved.
+pub const EVENT_STORE_PROJECTION_CHECKPOINT: &str =
+    "actorbus_event_store_projection_checkpoint_position";
+
 /// Registers help text and units for every metric, so exporters print them.
 /// Call once after installing a recorder.
 pub fn describe() {
@@ -80,5 +114,70 @@ pub fn describe() {
         SUPERVISION_ESCALATIONS,
         Unit::Count,
         "Supervisors that exceeded their restart intensity."
+    );
+    describe_counter!(
+        EVENT_STORE_APPENDS,
+        Unit::Count,
+        "Appends answered by an event store, by outcome."
+    );
+    describe_counter!(
+        EVENT_STORE_EVENTS_APPENDED,
+        Unit::Count,
+        "Events written by an event store."
+    );
+    describe_counter!(
+        EVENT_STORE_CONFLICTS,
+        Unit::Count,
+        "Appends refused for a wrong expected version."
+    );
+    describe_histogram!(
+        EVENT_STORE_APPEND_LATENCY,
+        Unit::Seconds,
+        "Time from an append reaching the event store to its answer."
+    );
+    describe_counter!(
+        EVENT_STORE_COMMITS,
+        Unit::Count,
+        "Durable event store commits (one fsync each)."
+    );
+    describe_histogram!(
+        EVENT_STORE_COMMIT_LATENCY,
+        Unit::Seconds,
+        "Time one event store group commit took."
+    );
+    describe_histogram!(
+        EVENT_STORE_BATCH_SIZE,
+        Unit::Count,
+        "Events written per event store commit."
+    );
+    describe_gauge!(
+        EVENT_STORE_LIVE_SUBSCRIPTIONS,
+        Unit::Count,
+        "Event store subscriptions receiving live events."
+    );
+    describe_counter!(
+        EVENT_STORE_SUBSCRIPTION_FALLBACKS,
+        Unit::Count,
+        "Live subscriptions that fell behind and went back to catch-up reads."
+    );
+    describe_gauge!(
+        EVENT_STORE_SUBSCRIPTION_LAG,
+        Unit::Count,
+        "Events a named subscription has not delivered yet."
+    );
+    describe_counter!(
+        EVENT_STORE_SNAPSHOTS_SAVED,
+        Unit::Count,
+        "Aggregate snapshots saved."
+    );
+    describe_counter!(
+        EVENT_STORE_EVENTS_REPLAYED,
+        Unit::Count,
+        "Events replayed to rebuild aggregate state."
+    );
+    describe_gauge!(
+        EVENT_STORE_PROJECTION_CHECKPOINT,
+        Unit::Count,
+        "Global position up to which a projection checkpoint is saved."
     );
 }
