@@ -191,6 +191,10 @@ impl<P: Projection> ProjectionActor<P> {
         }
     }
 
+    fn due(&self) -> bool {
+        self.config.checkpoint_every > 0 && self.since_checkpoint >= self.config.checkpoint_every
+    }
+
     /// Saves state and position together, unless a save is in flight or
     /// nothing changed.
     fn checkpoint(&mut self, ctx: &mut Context<Self>) {
@@ -214,7 +218,7 @@ impl<P: Projection> ProjectionActor<P> {
         self.since_checkpoint = 0;
         let store = self.store.clone();
         let save = async move { store.save_checkpoint(checkpoint).await };
-        ctx.spawn(save.into_actor(self).map(move |res, act, _| {
+        ctx.spawn(save.into_actor(self).map(move |res, act, ctx| {
             act.saving = false;
             match res {
                 Ok(()) => {
@@ -222,6 +226,10 @@ impl<P: Projection> ProjectionActor<P> {
                     act.gauge.set(position as f64);
                 }
                 Err(e) => tracing::warn!(projection = %act.config.name, error = %e, "checkpoint not saved"),
+            }
+            // Events that arrived during the save may already be due.
+            if act.due() {
+                act.checkpoint(ctx);
             }
         }));
     }
@@ -252,9 +260,7 @@ impl<P: Projection> StreamHandler<Result<RecordedEvent, StoreError>> for Project
                 self.projection.apply(&mut self.state, &event);
                 self.position = event.position + 1;
                 self.since_checkpoint += 1;
-                if self.config.checkpoint_every > 0
-                    && self.since_checkpoint >= self.config.checkpoint_every
-                {
+                if self.due() {
                     self.checkpoint(ctx);
                 }
             }

@@ -156,6 +156,7 @@ pub struct EventStore {
     live_all: Vec<mpsc::Sender<Arc<[RecordedEvent]>>>,
     live_streams: HashMap<String, Vec<mpsc::Sender<Arc<[RecordedEvent]>>>>,
     end: Arc<AtomicU64>,
+    fallbacks: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
@@ -181,6 +182,7 @@ impl EventStore {
         let (writer, readers) = start_workers(log, writer, readers);
         let config = Arc::new(config);
         let end = Arc::new(AtomicU64::new(end));
+        let fallbacks = Arc::new(AtomicU64::new(0));
         let actor = EventStore {
             config: Arc::clone(&config),
             writer: writer.clone(),
@@ -189,6 +191,7 @@ impl EventStore {
             live_all: Vec::new(),
             live_streams: HashMap::new(),
             end: Arc::clone(&end),
+            fallbacks: Arc::clone(&fallbacks),
             metrics: Arc::new(Metrics::new(&config.name)),
         };
         let store = actor.start();
@@ -198,6 +201,7 @@ impl EventStore {
             readers,
             config,
             end,
+            fallbacks,
         })
     }
 
@@ -315,6 +319,7 @@ impl EventStore {
         }
         if dropped > 0 {
             self.metrics.fallbacks.increment(dropped);
+            self.fallbacks.fetch_add(dropped, Ordering::Relaxed);
         }
         self.update_live_gauge();
     }
@@ -400,6 +405,7 @@ pub struct EventStoreHandle {
     readers: Addr<ReaderWorker>,
     config: Arc<EventStoreConfig>,
     end: Arc<AtomicU64>,
+    fallbacks: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EventStoreHandle {
@@ -505,6 +511,13 @@ impl EventStoreHandle {
     /// The end of `$all` as last published by the store actor (no I/O).
     pub fn published_end(&self) -> u64 {
         self.end.load(Ordering::Acquire)
+    }
+
+    /// How many times a live subscriber fell behind and was sent back to
+    /// catch-up reads (also the metric
+    /// `actorbus_event_store_subscription_fallbacks_total`).
+    pub fn live_fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
     }
 
     /// Saves an aggregate snapshot.
