@@ -13,8 +13,13 @@
 //! - [`error`]: failure reasons and the error type user handlers return.
 //! - [`backpressure`]: bounded buffers and overflow policies.
 //! - [`metrics`]: every metric name in one place.
+//! - [`store`]: the data directory, schema migrations and storage backends
+//!   (SQLite, in-memory) that persistent patterns build on.
 //!
 //! One module per pattern is added beside them as the patterns land.
+//!
+//! - [`event_store`]: event sourcing: the event store actor with group
+//!   commit, catch-up subscriptions, aggregates, snapshots and projections.
 
 pub mod backpressure;
 pub mod envelope;

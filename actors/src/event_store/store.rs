@@ -153,6 +153,7 @@ pub struct EventStore {
     writer: Addr<WriterWorker>,
     queue: VecDeque<(AppendRequest, Pending)>,
     committing: bool,
+    flush_scheduled: bool,
     live_all: Vec<mpsc::Sender<Arc<[RecordedEvent]>>>,
     live_streams: HashMap<String, Vec<mpsc::Sender<Arc<[RecordedEvent]>>>>,
     end: Arc<AtomicU64>,
@@ -188,6 +189,7 @@ impl EventStore {
             writer: writer.clone(),
             queue: VecDeque::new(),
             committing: false,
+            flush_scheduled: false,
             live_all: Vec::new(),
             live_streams: HashMap::new(),
             end: Arc::clone(&end),
@@ -370,7 +372,17 @@ impl Handler<Append> for EventStore {
                 received: Instant::now(),
             },
         ));
-        self.flush(ctx);
+        // Flush after the mailbox is drained, not now: actix polls a
+        // context's mailbox before its spawned futures, so every append that
+        // is already waiting joins this batch instead of the first one
+        // going alone.
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| {
+                act.flush_scheduled = false;
+                act.flush(ctx);
+            }));
+        }
         Box::pin(async move {
             answer.await.unwrap_or_else(|_| {
                 Err(StoreError::Unavailable("the event store stopped".into()).into())

@@ -4,21 +4,21 @@
 //!
 //! - `events`: one row per event, `position` as the integer primary key (the
 //!   `$all` order), a unique index on the event id (idempotency checks) and
-//!   one on `(stream, version)` (stream reads, and a last line of defence
-//!   against two events at one version). Payload and metadata are JSON bytes.
-//! - `streams`: each stream's current version, so the expected-version check
-//!   is one primary-key lookup.
+//!   one on `(stream, version)` (stream reads, the stream's current version
+//!   for the expected-version check, and a last line of defence against two
+//!   events at one version). Payload and metadata are JSON bytes.
 //! - `snapshots` and `checkpoints`: aggregate snapshots and projection
 //!   checkpoints.
 //!
 //! ## Durability
 //!
 //! The file is in WAL mode with `synchronous = FULL`: a commit returns only
-//! after the log is fsynced. A batch is one `BEGIN IMMEDIATE … COMMIT`; each
-//! request in it runs inside a savepoint, so a request that fails leaves no
-//! trace while the others commit. After a kill -9, SQLite rolls back whatever
-//! had not committed when the file is next opened: a batch is on disk whole or
-//! not at all.
+//! after the log is fsynced. A batch is one `BEGIN IMMEDIATE … COMMIT`. Each
+//! request is validated before it writes anything, so a refused request
+//! leaves no trace while the others commit; a storage error part-way fails
+//! the whole batch (the transaction is rolled back). After a kill -9, SQLite
+//! rolls back whatever had not committed when the file is next opened: a
+//! batch is on disk whole or not at all.
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +41,7 @@ use crate::envelope::{MessageId, Timestamp};
 /// The schema of the events database, versioned by `PRAGMA user_version`.
 pub const EVENT_MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
-    description: "events, streams, snapshots, checkpoints",
+    description: "events, snapshots, checkpoints",
     sql: "
         CREATE TABLE events (
             position   INTEGER PRIMARY KEY,
@@ -54,10 +54,6 @@ pub const EVENT_MIGRATIONS: &[Migration] = &[Migration {
             timestamp  INTEGER NOT NULL
         );
         CREATE UNIQUE INDEX events_stream_version ON events (stream, version);
-        CREATE TABLE streams (
-            name    TEXT    PRIMARY KEY,
-            version INTEGER NOT NULL
-        ) WITHOUT ROWID;
         CREATE TABLE snapshots (
             stream    TEXT    NOT NULL,
             version   INTEGER NOT NULL,
@@ -117,6 +113,9 @@ impl SqliteEventLog {
 impl EventLog for SqliteEventLog {
     fn writer(&self) -> Result<Box<dyn EventWriter>, StoreError> {
         let conn = open_sqlite_file(&self.path, EVENT_MIGRATIONS)?;
+        // 32 MiB of page cache: the writer touches the tails of the indexes
+        // on every commit.
+        conn.pragma_update(None, "cache_size", -32_768)?;
         let last: Option<i64> = conn
             .query_row(
                 "SELECT timestamp FROM events ORDER BY position DESC LIMIT 1",
@@ -208,16 +207,16 @@ fn limit(max: usize) -> i64 {
 }
 
 fn stream_version(conn: &Connection, stream: &str) -> Result<Option<u64>, StoreError> {
+    // The last entry of the (stream, version) index: one B-tree descent.
     let v: Option<i64> = conn
-        .prepare_cached("SELECT version FROM streams WHERE name = ?1")?
-        .query_row([stream], |r| r.get(0))
-        .optional()?;
+        .prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")?
+        .query_row([stream], |r| r.get(0))?;
     v.map(|v| to_u64(v, "version")).transpose()
 }
 
 impl SqliteWriter {
     fn append_one(
-        tx: &mut Transaction<'_>,
+        tx: &Transaction<'_>,
         req: &AppendRequest,
         next_position: &mut u64,
         timestamp: Timestamp,
@@ -260,10 +259,9 @@ impl SqliteWriter {
             }
             AppendPlan::Write { first_version } => first_version,
         };
-        let sp = tx.savepoint().map_err(StoreError::from)?;
         let mut recorded = Vec::with_capacity(req.events.len());
         {
-            let mut insert = sp.prepare_cached(
+            let mut insert = tx.prepare_cached(
                 "INSERT INTO events (position, id, stream, version, event_type, data, metadata, timestamp)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
@@ -294,14 +292,7 @@ impl SqliteWriter {
                     timestamp,
                 });
             }
-            let last_version = first_version + req.events.len() as u64 - 1;
-            sp.prepare_cached(
-                "INSERT INTO streams (name, version) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET version = excluded.version",
-            )?
-            .execute(params![req.stream, to_i64(last_version, "version")?])?;
         }
-        sp.commit().map_err(StoreError::from)?;
         let first_position = *next_position;
         *next_position += req.events.len() as u64;
         Ok(AppendOutcome {
@@ -321,7 +312,7 @@ impl EventWriter for SqliteWriter {
         batch: &[AppendRequest],
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         let timestamp = Timestamp::now().max(self.last_timestamp);
-        let mut tx = self
+        let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let end: i64 = tx.query_row(
@@ -332,14 +323,13 @@ impl EventWriter for SqliteWriter {
         let mut next_position = to_u64(end, "position")?;
         let mut results = Vec::with_capacity(batch.len());
         for req in batch {
-            let result = Self::append_one(&mut tx, req, &mut next_position, timestamp);
-            if let Err(AppendError::Store(e)) = &result {
-                // Some errors (disk full, I/O) make SQLite roll the whole
-                // transaction back; carrying on would run the remaining
-                // requests outside it. Fail the batch instead.
-                if tx.is_autocommit() {
-                    return Err(e.clone());
-                }
+            let result = Self::append_one(&tx, req, &mut next_position, timestamp);
+            if let Err(AppendError::Store(e)) = result {
+                // A storage error may have left part of this request written
+                // (and some, like a full disk, roll the transaction back
+                // under us). Fail the whole batch: dropping `tx` rolls it
+                // back, so nothing of any request is written.
+                return Err(e);
             }
             results.push(result);
         }
