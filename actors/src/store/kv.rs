@@ -3,7 +3,7 @@
 //!
 //! Keys live in namespaces (`"projection"`, `"saga"`, …); values are bytes,
 //! usually JSON or postcard. [`SqliteKv`] keeps them in a `kv` table of its
-//! own database file in the [`DataDir`](super::DataDir); [`MemoryKv`] keeps
+//! own database file in the [`DataDir`]; [`MemoryKv`] keeps
 //! them in memory for tests. Calls block: run them on a `SyncArbiter` or a
 //! dedicated thread, never on an async arbiter.
 //!
