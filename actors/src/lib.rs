@@ -14,11 +14,15 @@
 //! - [`backpressure`]: bounded buffers and overflow policies.
 //! - [`deadline`]: cheap timeouts for many in-flight requests.
 //! - [`metrics`]: every metric name in one place.
+//! - [`store`]: the data directory, schema migrations and storage backends
+//!   (SQLite, in-memory) that persistent patterns build on.
 //!
 //! One module per pattern:
 //!
 //! - [`request_reply`]: typed asks to named services.
 //! - [`jobs`]: asynchronous request-reply (submit, poll, cancel).
+//! - [`event_store`]: event sourcing: the event store actor with group
+//!   commit, catch-up subscriptions, aggregates, snapshots and projections.
 //!
 //! More are added beside them as the patterns land.
 
@@ -26,8 +30,10 @@ pub mod backpressure;
 pub mod deadline;
 pub mod envelope;
 pub mod error;
+pub mod event_store;
 pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod request_reply;
+pub mod store;
 pub mod supervision;

@@ -28,8 +28,6 @@ pub const REQUEST_REFUSED: &str = "actorbus_request_reply_refused_total";
 pub const REQUEST_LATE_REPLIES: &str = "actorbus_request_reply_late_replies_total";
 /// Time a service handler took.
 pub const REQUEST_HANDLER_LATENCY: &str = "actorbus_request_reply_handler_latency_seconds";
-/// Requests waiting in a service's mailbox.
-pub const REQUEST_MAILBOX_DEPTH: &str = "actorbus_request_reply_mailbox_depth_messages";
 
 /// Handler panics caught by a panic boundary, per actor kind and name.
 pub const SUPERVISION_PANICS: &str = "actorbus_supervision_panics_total";
@@ -45,6 +43,38 @@ pub const JOBS_FINISHED: &str = "actorbus_jobs_finished_total";
 /// Jobs currently known to the tracker, by state.
 pub const JOBS_BY_STATE: &str = "actorbus_jobs_by_state_jobs";
 
+/// Label: the name of a subscription or projection.
+pub const LABEL_SUBSCRIPTION: &str = "subscription";
+
+/// Appends answered by an event store, by store name and outcome
+/// (`written`, `idempotent`, `conflict`, `duplicate`, `invalid`, `error`).
+pub const EVENT_STORE_APPENDS: &str = "actorbus_event_store_appends_total";
+/// Events written by an event store (idempotent repeats not counted).
+pub const EVENT_STORE_EVENTS_APPENDED: &str = "actorbus_event_store_events_appended_total";
+/// Appends refused for a wrong expected version.
+pub const EVENT_STORE_CONFLICTS: &str = "actorbus_event_store_conflicts_total";
+/// Time from an append reaching the event store to its answer (queueing,
+/// group commit and fsync included).
+pub const EVENT_STORE_APPEND_LATENCY: &str = "actorbus_event_store_append_latency_seconds";
+/// Durable commits (one transaction, one fsync each).
+pub const EVENT_STORE_COMMITS: &str = "actorbus_event_store_commits_total";
+/// Time one group commit took on the writer thread.
+pub const EVENT_STORE_COMMIT_LATENCY: &str = "actorbus_event_store_commit_latency_seconds";
+/// Events written per commit: how much group commit is batching.
+pub const EVENT_STORE_BATCH_SIZE: &str = "actorbus_event_store_batch_size_events";
+/// Subscriptions currently receiving live events.
+pub const EVENT_STORE_LIVE_SUBSCRIPTIONS: &str = "actorbus_event_store_live_subscriptions_active";
+/// Live subscriptions that fell behind and went back to catch-up reads.
+pub const EVENT_STORE_SUBSCRIPTION_FALLBACKS: &str = "actorbus_event_store_subscription_fallbacks_total";
+/// Events in `$all` that a named subscription has not delivered yet.
+pub const EVENT_STORE_SUBSCRIPTION_LAG: &str = "actorbus_event_store_subscription_lag_events";
+/// Aggregate snapshots saved.
+pub const EVENT_STORE_SNAPSHOTS_SAVED: &str = "actorbus_event_store_snapshots_saved_total";
+/// Events replayed to rebuild aggregate state.
+pub const EVENT_STORE_EVENTS_REPLAYED: &str = "actorbus_event_store_replayed_events_total";
+/// The global position up to which a projection's checkpoint is saved.
+pub const EVENT_STORE_PROJECTION_CHECKPOINT: &str = "actorbus_event_store_projection_checkpoint_position";
+
 /// Registers help text and units for every metric, so exporters print them.
 /// Call once after installing a recorder.
 pub fn describe() {
@@ -52,11 +82,35 @@ pub fn describe() {
     describe_counter!(REQUEST_REFUSED, Unit::Count, "Requests refused before reaching a handler, by reason.");
     describe_counter!(REQUEST_LATE_REPLIES, Unit::Count, "Replies dropped because the requester had timed out.");
     describe_histogram!(REQUEST_HANDLER_LATENCY, Unit::Seconds, "Time a service handler took.");
-    describe_gauge!(REQUEST_MAILBOX_DEPTH, Unit::Count, "Requests waiting in a service mailbox.");
     describe_counter!(SUPERVISION_PANICS, Unit::Count, "Handler panics caught by a panic boundary.");
     describe_counter!(SUPERVISION_RESTARTS, Unit::Count, "Actors rebuilt from their factory.");
+    describe_counter!(SUPERVISION_ESCALATIONS, Unit::Count, "Supervisors that exceeded their restart intensity.");
+    describe_counter!(EVENT_STORE_APPENDS, Unit::Count, "Appends answered by an event store, by outcome.");
+    describe_counter!(EVENT_STORE_EVENTS_APPENDED, Unit::Count, "Events written by an event store.");
+    describe_counter!(EVENT_STORE_CONFLICTS, Unit::Count, "Appends refused for a wrong expected version.");
+    describe_histogram!(
+        EVENT_STORE_APPEND_LATENCY,
+        Unit::Seconds,
+        "Time from an append reaching the event store to its answer."
+    );
+    describe_counter!(EVENT_STORE_COMMITS, Unit::Count, "Durable event store commits (one fsync each).");
+    describe_histogram!(EVENT_STORE_COMMIT_LATENCY, Unit::Seconds, "Time one event store group commit took.");
+    describe_histogram!(EVENT_STORE_BATCH_SIZE, Unit::Count, "Events written per event store commit.");
+    describe_gauge!(EVENT_STORE_LIVE_SUBSCRIPTIONS, Unit::Count, "Event store subscriptions receiving live events.");
+    describe_counter!(
+        EVENT_STORE_SUBSCRIPTION_FALLBACKS,
+        Unit::Count,
+        "Live subscriptions that fell behind and went back to catch-up reads."
+    );
+    describe_gauge!(EVENT_STORE_SUBSCRIPTION_LAG, Unit::Count, "Events a named subscription has not delivered yet.");
+    describe_counter!(EVENT_STORE_SNAPSHOTS_SAVED, Unit::Count, "Aggregate snapshots saved.");
+    describe_counter!(EVENT_STORE_EVENTS_REPLAYED, Unit::Count, "Events replayed to rebuild aggregate state.");
+    describe_gauge!(
+        EVENT_STORE_PROJECTION_CHECKPOINT,
+        Unit::Count,
+        "Global position up to which a projection checkpoint is saved."
+    );
     describe_counter!(JOBS_SUBMITTED, Unit::Count, "Jobs submitted, by kind.");
     describe_counter!(JOBS_FINISHED, Unit::Count, "Jobs that ended, by kind and outcome.");
     describe_gauge!(JOBS_BY_STATE, Unit::Count, "Jobs known to the tracker, by state.");
-    describe_counter!(SUPERVISION_ESCALATIONS, Unit::Count, "Supervisors that exceeded their restart intensity.");
 }

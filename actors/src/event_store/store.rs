@@ -1,0 +1,537 @@
+//! The `EventStore` actor and its handle.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use metrics::{Counter, Gauge, Histogram};
+use tokio::sync::{mpsc, oneshot};
+
+use super::subscription::{self, Subscription, SubscriptionTarget};
+use super::workers::{start_workers, ReadOp, ReaderWorker, WriteOp, WriterWorker};
+use crate::envelope::Timestamp;
+use crate::metrics as m;
+use crate::store::{
+    AppendError, AppendOutcome, AppendRequest, AppendResult, Checkpoint, DataDir, Direction, EventLog, EventReader,
+    ExpectedVersion, MemoryEventLog, NewEvent, RecordedEvent, Snapshot, SqliteEventLog, StoreError,
+};
+
+/// Settings of an event store.
+#[derive(Clone, Debug)]
+pub struct EventStoreConfig {
+    /// The store's name, used as the `name` label of its metrics.
+    pub name: String,
+    /// Reader threads (reads and catch-up subscriptions). Default 2.
+    pub readers: usize,
+    /// Most appends committed together in one transaction. Default 4096.
+    pub max_batch: usize,
+    /// Events a catch-up subscription reads per round trip. Default 512.
+    pub read_batch: usize,
+    /// Commits a live subscriber may have waiting before it is switched back
+    /// to catch-up reads. Default 64.
+    pub live_buffer: usize,
+    /// Events buffered between a subscription and its consumer. Default 256.
+    pub subscription_buffer: usize,
+}
+
+impl Default for EventStoreConfig {
+    fn default() -> Self {
+        EventStoreConfig {
+            name: "events".into(),
+            readers: 2,
+            max_batch: 4096,
+            read_batch: 512,
+            live_buffer: 64,
+            subscription_buffer: 256,
+        }
+    }
+}
+
+impl EventStoreConfig {
+    /// The defaults with another store name.
+    pub fn named(name: impl Into<String>) -> Self {
+        EventStoreConfig { name: name.into(), ..Self::default() }
+    }
+}
+
+/// Appends events to a stream (answered after the durable commit).
+#[derive(Debug)]
+pub struct Append(pub AppendRequest);
+
+impl Message for Append {
+    type Result = Result<AppendResult, AppendError>;
+}
+
+/// Registers a live subscriber: from now on, every committed event of the
+/// target is sent to it, one batch per commit, until the channel is full or
+/// closed.
+pub(crate) struct RegisterLive {
+    pub(crate) target: SubscriptionTarget,
+    pub(crate) sender: mpsc::Sender<Arc<[RecordedEvent]>>,
+}
+
+impl Message for RegisterLive {
+    type Result = ();
+}
+
+struct Pending {
+    reply: oneshot::Sender<Result<AppendResult, AppendError>>,
+    received: Instant,
+}
+
+struct Metrics {
+    written: Counter,
+    idempotent: Counter,
+    conflict: Counter,
+    duplicate: Counter,
+    invalid: Counter,
+    error: Counter,
+    events: Counter,
+    conflicts: Counter,
+    latency: Histogram,
+    commits: Counter,
+    commit_latency: Histogram,
+    batch_size: Histogram,
+    live: Gauge,
+    fallbacks: Counter,
+}
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let outcome = |o: &'static str| metrics::counter!(m::EVENT_STORE_APPENDS, m::LABEL_NAME => name.to_owned(), m::LABEL_OUTCOME => o);
+        let labels = [(m::LABEL_NAME, name.to_owned())];
+        Metrics {
+            written: outcome("written"),
+            idempotent: outcome("idempotent"),
+            conflict: outcome("conflict"),
+            duplicate: outcome("duplicate"),
+            invalid: outcome("invalid"),
+            error: outcome("error"),
+            events: metrics::counter!(m::EVENT_STORE_EVENTS_APPENDED, &labels),
+            conflicts: metrics::counter!(m::EVENT_STORE_CONFLICTS, &labels),
+            latency: metrics::histogram!(m::EVENT_STORE_APPEND_LATENCY, &labels),
+            commits: metrics::counter!(m::EVENT_STORE_COMMITS, &labels),
+            commit_latency: metrics::histogram!(m::EVENT_STORE_COMMIT_LATENCY, &labels),
+            batch_size: metrics::histogram!(m::EVENT_STORE_BATCH_SIZE, &labels),
+            live: metrics::gauge!(m::EVENT_STORE_LIVE_SUBSCRIPTIONS, &labels),
+            fallbacks: metrics::counter!(m::EVENT_STORE_SUBSCRIPTION_FALLBACKS, &labels),
+        }
+    }
+
+    fn record(&self, result: &Result<AppendOutcome, AppendError>) {
+        match result {
+            Ok(o) if o.result.written => {
+                self.written.increment(1);
+                self.events.increment(o.recorded.len() as u64);
+            }
+            Ok(_) => self.idempotent.increment(1),
+            Err(AppendError::WrongExpectedVersion { .. }) => {
+                self.conflict.increment(1);
+                self.conflicts.increment(1);
+            }
+            Err(AppendError::DuplicateEventId { .. }) => self.duplicate.increment(1),
+            Err(AppendError::InvalidRequest(_)) => self.invalid.increment(1),
+            Err(AppendError::Store(_)) => self.error.increment(1),
+        }
+    }
+}
+
+/// The event store actor: takes appends, commits them in groups on the
+/// writer thread, answers each, and feeds live subscribers.
+///
+/// Start it with [`EventStore::start`] (any backend), [`EventStore::open`]
+/// (SQLite in a data directory) or [`EventStore::in_memory`]; talk to it
+/// through the returned [`EventStoreHandle`].
+pub struct EventStore {
+    config: Arc<EventStoreConfig>,
+    writer: Addr<WriterWorker>,
+    queue: VecDeque<(AppendRequest, Pending)>,
+    committing: bool,
+    flush_scheduled: bool,
+    live_all: Vec<mpsc::Sender<Arc<[RecordedEvent]>>>,
+    live_streams: HashMap<String, Vec<mpsc::Sender<Arc<[RecordedEvent]>>>>,
+    end: Arc<AtomicU64>,
+    fallbacks: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl EventStore {
+    /// Starts an event store over `log` in the current actix system: opens
+    /// the writer and the readers (so that an unusable backend fails here),
+    /// starts their threads and the actor.
+    pub fn start(log: impl EventLog, config: EventStoreConfig) -> Result<EventStoreHandle, StoreError> {
+        let log: Arc<dyn EventLog> = Arc::new(log);
+        let writer = log.writer()?;
+        let mut readers = Vec::with_capacity(config.readers.max(1));
+        for _ in 0..config.readers.max(1) {
+            readers.push(log.reader()?);
+        }
+        let end = readers.first_mut().map(|r| r.end_position()).transpose()?.unwrap_or(0);
+        let (writer, readers) = start_workers(log, writer, readers);
+        let config = Arc::new(config);
+        let end = Arc::new(AtomicU64::new(end));
+        let fallbacks = Arc::new(AtomicU64::new(0));
+        let actor = EventStore {
+            config: Arc::clone(&config),
+            writer: writer.clone(),
+            queue: VecDeque::new(),
+            committing: false,
+            flush_scheduled: false,
+            live_all: Vec::new(),
+            live_streams: HashMap::new(),
+            end: Arc::clone(&end),
+            fallbacks: Arc::clone(&fallbacks),
+            metrics: Arc::new(Metrics::new(&config.name)),
+        };
+        let store = actor.start();
+        Ok(EventStoreHandle { store, writer, readers, config, end, fallbacks })
+    }
+
+    /// Starts an event store on the SQLite log of `dir`
+    /// (`<dir>/events.sqlite3`).
+    pub fn open(dir: &DataDir, config: EventStoreConfig) -> Result<EventStoreHandle, StoreError> {
+        Self::start(SqliteEventLog::open(dir)?, config)
+    }
+
+    /// Starts an event store in memory (tests, examples).
+    pub fn in_memory(config: EventStoreConfig) -> Result<EventStoreHandle, StoreError> {
+        Self::start(MemoryEventLog::new(), config)
+    }
+
+    /// Sends the queued appends to the writer as one batch, unless a commit
+    /// is already in flight (its completion calls this again).
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.queue.is_empty() {
+            return;
+        }
+        let n = self.queue.len().min(self.config.max_batch.max(1));
+        let (requests, waiting): (Vec<_>, Vec<_>) = self.queue.drain(..n).unzip();
+        self.committing = true;
+        let started = Instant::now();
+        let op = WriteOp(Box::new(move |w: &mut dyn crate::store::EventWriter| w.append_batch(&requests)));
+        let commit = self.writer.send(op);
+        ctx.spawn(commit.into_actor(self).map(move |res, act, ctx| {
+            act.committing = false;
+            act.finish(res, waiting, started);
+            act.flush(ctx);
+        }));
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        &mut self,
+        res: Result<Result<Vec<Result<AppendOutcome, AppendError>>, StoreError>, MailboxError>,
+        waiting: Vec<Pending>,
+        started: Instant,
+    ) {
+        let results = match res {
+            Ok(Ok(results)) if results.len() == waiting.len() => results,
+            Ok(Ok(results)) => {
+                let e = StoreError::Corrupt(format!(
+                    "writer answered {} results for {} appends",
+                    results.len(),
+                    waiting.len()
+                ));
+                return self.fail_all(waiting, e);
+            }
+            Ok(Err(e)) => return self.fail_all(waiting, e),
+            Err(e) => return self.fail_all(waiting, e.into()),
+        };
+        self.metrics.commits.increment(1);
+        self.metrics.commit_latency.record(started.elapsed().as_secs_f64());
+        let mut committed = Vec::new();
+        for (result, pending) in results.into_iter().zip(waiting) {
+            self.metrics.record(&result);
+            self.metrics.latency.record(pending.received.elapsed().as_secs_f64());
+            let answer = result.map(|o| {
+                committed.extend(o.recorded);
+                o.result
+            });
+            // The caller may have gone away; the append stands regardless.
+            let _ = pending.reply.send(answer);
+        }
+        self.metrics.batch_size.record(committed.len() as f64);
+        if let Some(last) = committed.last() {
+            self.end.fetch_max(last.position + 1, Ordering::AcqRel);
+            self.publish(committed);
+        }
+    }
+
+    fn fail_all(&mut self, waiting: Vec<Pending>, e: StoreError) {
+        tracing::error!(store = %self.config.name, error = %e, "event store commit failed");
+        for p in waiting {
+            self.metrics.error.increment(1);
+            let _ = p.reply.send(Err(AppendError::Store(e.clone())));
+        }
+    }
+
+    /// Hands a commit's events to live subscribers; a subscriber whose buffer
+    /// is full is dropped from the live set and goes back to catch-up reads.
+    fn publish(&mut self, committed: Vec<RecordedEvent>) {
+        let mut by_stream: HashMap<&str, Vec<RecordedEvent>> = HashMap::new();
+        if !self.live_streams.is_empty() {
+            for e in &committed {
+                if self.live_streams.contains_key(e.stream.as_str()) {
+                    by_stream.entry(e.stream.as_str()).or_default().push(e.clone());
+                }
+            }
+        }
+        let mut dropped = 0u64;
+        for (stream, events) in by_stream {
+            let batch: Arc<[RecordedEvent]> = events.into();
+            if let Some(subs) = self.live_streams.get_mut(stream) {
+                dropped += send_live(subs, &batch);
+                if subs.is_empty() {
+                    self.live_streams.remove(stream);
+                }
+            }
+        }
+        if !self.live_all.is_empty() {
+            let batch: Arc<[RecordedEvent]> = committed.into();
+            dropped += send_live(&mut self.live_all, &batch);
+        }
+        if dropped > 0 {
+            self.metrics.fallbacks.increment(dropped);
+            self.fallbacks.fetch_add(dropped, Ordering::Relaxed);
+        }
+        self.update_live_gauge();
+    }
+
+    fn update_live_gauge(&self) {
+        let n = self.live_all.len() + self.live_streams.values().map(Vec::len).sum::<usize>();
+        self.metrics.live.set(n as f64);
+    }
+}
+
+/// Sends `batch` to each subscriber; removes the full or closed ones and
+/// returns how many were full.
+fn send_live(subs: &mut Vec<mpsc::Sender<Arc<[RecordedEvent]>>>, batch: &Arc<[RecordedEvent]>) -> u64 {
+    let mut full = 0;
+    subs.retain(|s| match s.try_send(Arc::clone(batch)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            full += 1;
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    });
+    full
+}
+
+impl Actor for EventStore {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Appends wait in the queue, not in the mailbox; a large mailbox lets
+        // many concurrent appenders reach the queue before the next commit.
+        ctx.set_mailbox_capacity(self.config.max_batch.max(16));
+    }
+}
+
+impl Handler<Append> for EventStore {
+    type Result = ResponseFuture<Result<AppendResult, AppendError>>;
+
+    fn handle(&mut self, Append(request): Append, ctx: &mut Context<Self>) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        self.queue.push_back((request, Pending { reply, received: Instant::now() }));
+        // Flush after the mailbox is drained, not now: actix polls a
+        // context's mailbox before its spawned futures, so every append that
+        // is already waiting joins this batch instead of the first one
+        // going alone.
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| {
+                act.flush_scheduled = false;
+                act.flush(ctx);
+            }));
+        }
+        Box::pin(async move {
+            answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the event store stopped".into()).into()))
+        })
+    }
+}
+
+impl Handler<RegisterLive> for EventStore {
+    type Result = ();
+
+    fn handle(&mut self, msg: RegisterLive, _: &mut Context<Self>) {
+        match msg.target {
+            SubscriptionTarget::All => self.live_all.push(msg.sender),
+            SubscriptionTarget::Stream(s) => self.live_streams.entry(s).or_default().push(msg.sender),
+        }
+        self.update_live_gauge();
+    }
+}
+
+/// A cloneable handle on a running event store: appends go to the
+/// [`EventStore`] actor, reads straight to the reader threads.
+///
+/// Every method must be called inside an actix system (the one the store was
+/// started in, or any other: addresses work across arbiters).
+#[derive(Clone)]
+pub struct EventStoreHandle {
+    store: Addr<EventStore>,
+    writer: Addr<WriterWorker>,
+    readers: Addr<ReaderWorker>,
+    config: Arc<EventStoreConfig>,
+    end: Arc<AtomicU64>,
+    fallbacks: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for EventStoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStoreHandle").field("name", &self.config.name).finish_non_exhaustive()
+    }
+}
+
+impl EventStoreHandle {
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &EventStoreConfig {
+        &self.config
+    }
+
+    /// The actor's address, to send [`Append`] directly.
+    pub fn addr(&self) -> &Addr<EventStore> {
+        &self.store
+    }
+
+    /// Appends `events` to `stream` if its version matches `expected`, and
+    /// answers once they are durable. Events without an id get one.
+    pub async fn append(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, AppendError> {
+        self.append_request(AppendRequest::new(stream, expected, events)).await
+    }
+
+    /// Appends a prepared request (keep it to retry idempotently).
+    pub async fn append_request(&self, request: AppendRequest) -> Result<AppendResult, AppendError> {
+        match self.store.send(Append(request)).await {
+            Ok(r) => r,
+            Err(e) => Err(AppendError::Store(e.into())),
+        }
+    }
+
+    pub(crate) async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn EventReader) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.readers.send(ReadOp(Box::new(f))).await?
+    }
+
+    pub(crate) async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn crate::store::EventWriter) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.writer.send(WriteOp(Box::new(f))).await?
+    }
+
+    /// Up to `max` events of `stream`, forward from version `from` or
+    /// backward from it (`u64::MAX`: from the last event).
+    pub async fn read_stream(
+        &self,
+        stream: impl Into<String>,
+        from: u64,
+        direction: Direction,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stream = stream.into();
+        self.read(move |r| r.read_stream(&stream, from, direction, max)).await
+    }
+
+    /// Up to `max` events of `$all`, forward or backward from position
+    /// `from`.
+    pub async fn read_all(
+        &self,
+        from: u64,
+        direction: Direction,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read(move |r| r.read_all(from, direction, max)).await
+    }
+
+    /// The version of the stream's last event (`None`: no such stream).
+    pub async fn stream_version(&self, stream: impl Into<String>) -> Result<Option<u64>, StoreError> {
+        let stream = stream.into();
+        self.read(move |r| r.stream_version(&stream)).await
+    }
+
+    /// The position the next committed event will get, as read from storage.
+    pub async fn end_position(&self) -> Result<u64, StoreError> {
+        self.read(|r| r.end_position()).await
+    }
+
+    /// The end of `$all` as last published by the store actor (no I/O).
+    pub fn published_end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+
+    /// How many times a live subscriber fell behind and was sent back to
+    /// catch-up reads (also the metric
+    /// `actorbus_event_store_subscription_fallbacks_total`).
+    pub fn live_fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Saves an aggregate snapshot.
+    pub async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.write(move |w| w.save_snapshot(&snapshot)).await
+    }
+
+    /// The latest snapshot of `stream` at or before a version and a time.
+    pub async fn load_snapshot(
+        &self,
+        stream: impl Into<String>,
+        max_version: Option<u64>,
+        max_timestamp: Option<Timestamp>,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let stream = stream.into();
+        self.read(move |r| r.load_snapshot(&stream, max_version, max_timestamp)).await
+    }
+
+    /// Saves a projection checkpoint.
+    pub async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), StoreError> {
+        self.write(move |w| w.save_checkpoint(&checkpoint)).await
+    }
+
+    /// The checkpoint of projection `name`.
+    pub async fn load_checkpoint(&self, name: impl Into<String>) -> Result<Option<Checkpoint>, StoreError> {
+        let name = name.into();
+        self.read(move |r| r.load_checkpoint(&name)).await
+    }
+
+    /// A catch-up subscription to `$all` from global position `from`: every
+    /// event from there on, exactly once and in order, first from storage and
+    /// then live as they are committed.
+    pub fn subscribe_all(&self, from: u64) -> Subscription {
+        subscription::start(self.clone(), SubscriptionTarget::All, from, None)
+    }
+
+    /// Like [`subscribe_all`](Self::subscribe_all), reporting its lag as the
+    /// gauge `actorbus_event_store_subscription_lag_events{subscription=name}`.
+    pub fn subscribe_all_named(&self, name: impl Into<String>, from: u64) -> Subscription {
+        subscription::start(self.clone(), SubscriptionTarget::All, from, Some(name.into()))
+    }
+
+    /// A catch-up subscription to one stream from version `from`.
+    pub fn subscribe_stream(&self, stream: impl Into<String>, from: u64) -> Subscription {
+        subscription::start(self.clone(), SubscriptionTarget::Stream(stream.into()), from, None)
+    }
+
+    pub(crate) async fn register_live(
+        &self,
+        target: SubscriptionTarget,
+        sender: mpsc::Sender<Arc<[RecordedEvent]>>,
+    ) -> Result<(), StoreError> {
+        Ok(self.store.send(RegisterLive { target, sender }).await?)
+    }
+}
