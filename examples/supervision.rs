@@ -34,7 +34,7 @@ impl Service for Counter {
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = Bus::builder().build()?;
-    let mut events = bus.events();
+    let mut events = bus.supervision_events();
     actix::spawn(async move {
         while let Ok(event) = events.recv().await {
             match event {

@@ -1,6 +1,7 @@
 //! The [`Bus`]: starts the actor system's pieces and hands out typed handles.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -8,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use actorbus_actors::backpressure::OverflowPolicy;
+use actorbus_actors::event_store::{EventStore, EventStoreConfig, EventStoreHandle};
 use actorbus_actors::jobs::{JobTracker, JobTrackerConfig};
 use actorbus_actors::registry::{Lookup, NameTaken, Registry};
 use actorbus_actors::request_reply::{Control, Request, RequestError, Service, ServiceActor, ServiceRef, ServiceSpec};
+use actorbus_actors::store::{DataDir, StoreError};
 use actorbus_actors::supervision::{
     AddChild, Backoff, ChildLink, DuplicateChild, Intensity, Restart, Strategy, SupervisionEvent, Supervisor,
     SupervisorSpec,
@@ -41,6 +44,9 @@ pub enum BusError {
     /// The bus is shutting down.
     #[error("the bus is shutting down")]
     ShuttingDown,
+    /// Storage could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] StoreError),
 }
 
 /// Configures and builds a [`Bus`].
@@ -51,6 +57,7 @@ pub struct BusBuilder {
     root: SupervisorSpec,
     metrics: bool,
     jobs: JobTrackerConfig,
+    data_dir: Option<PathBuf>,
 }
 
 impl Default for BusBuilder {
@@ -61,6 +68,7 @@ impl Default for BusBuilder {
             root: SupervisorSpec::default(),
             metrics: true,
             jobs: JobTrackerConfig::default(),
+            data_dir: None,
         }
     }
 }
@@ -101,10 +109,26 @@ impl BusBuilder {
         self
     }
 
-    /// Starts the bus on the current actix `System`.
+    /// Keep persistent state (the event store, …) in SQLite files under
+    /// `dir` (created if missing). Without it everything lives in memory and
+    /// is gone when the process ends: fine for tests, not for data.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Starts the bus on the current actix `System`, opening its storage.
     pub fn build(self) -> Result<Bus, BusError> {
         actix_rt::System::try_current().ok_or(BusError::NoSystem)?;
         let metrics = if self.metrics { crate::telemetry::install() } else { None };
+        let event_store = match &self.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| BusError::Storage(StoreError::Io { path: dir.clone(), message: e.to_string() }))?;
+                EventStore::open(&DataDir::new(dir), EventStoreConfig::default())?
+            }
+            None => EventStore::in_memory(EventStoreConfig::default())?,
+        };
         let (events, _) = broadcast::channel(1024);
         let root = Supervisor::start("root", self.root, None, events.clone());
         let workers = (0..self.workers).map(|_| Arbiter::new()).collect::<Vec<_>>();
@@ -120,6 +144,8 @@ impl BusBuilder {
                 default_timeout: self.default_timeout,
                 metrics,
                 jobs: JobTracker::new(self.jobs).start(),
+                event_store,
+                data_dir: self.data_dir,
             }),
         })
     }
@@ -143,6 +169,8 @@ struct Inner {
     default_timeout: Duration,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     jobs: Addr<JobTracker>,
+    event_store: EventStoreHandle,
+    data_dir: Option<PathBuf>,
 }
 
 /// The runtime: owns the supervision tree, the registries and the worker
@@ -225,9 +253,19 @@ impl Bus {
         Jobs::new(self.clone(), self.inner.jobs.clone())
     }
 
+    /// The event store: SQLite under the data directory, or in memory.
+    pub fn event_store(&self) -> &EventStoreHandle {
+        &self.inner.event_store
+    }
+
+    /// Where persistent state lives (`None`: in memory).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.inner.data_dir.as_deref()
+    }
+
     /// What the supervision tree does from now on (restarts, stops,
     /// escalations). The channel keeps the last 1024 events for a slow reader.
-    pub fn events(&self) -> broadcast::Receiver<SupervisionEvent> {
+    pub fn supervision_events(&self) -> broadcast::Receiver<SupervisionEvent> {
         self.inner.events.subscribe()
     }
 

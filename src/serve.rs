@@ -31,7 +31,7 @@ pub fn run(
     }
     actix::System::new().block_on(async move {
         let jobs = JobTrackerConfig { retention: Duration::from_millis(config.job_retention_ms), ..Default::default() };
-        let bus = Bus::builder().jobs(jobs).build()?;
+        let bus = Bus::builder().jobs(jobs).data_dir(&config.data_dir).build()?;
         for job in &config.jobs {
             match job.worker_spec()? {
                 WorkerSpec::Builtin(worker) => {

@@ -30,7 +30,8 @@ fn demo_runs_every_pattern_and_its_checks_pass() {
         "{stdout}"
     );
     assert!(stdout.contains("ok   async jobs     60/60 jobs succeeded"), "{stdout}");
-    assert!(dir.is_dir(), "the data directory is created");
+    assert!(stdout.contains("ok   event sourcing 576 appends by 64 writers"), "{stdout}");
+    assert!(dir.join("events.sqlite3").is_file(), "the event store lives in the data directory");
     let _ = std::fs::remove_dir_all(dir);
 }
 

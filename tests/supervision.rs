@@ -101,7 +101,7 @@ async fn every_third_of_300_panics_the_rest_are_answered() {
 #[actix_rt::test]
 async fn intensity_exceeded_escalates_and_stops_restarting() {
     let bus = Bus::builder().build().unwrap();
-    let mut events = bus.events();
+    let mut events = bus.supervision_events();
     // Temporary: when it gives up, the root does not restart it.
     let sup = bus
         .supervisor("sv-fragile")
@@ -153,7 +153,7 @@ async fn intensity_exceeded_escalates_and_stops_restarting() {
 #[actix_rt::test]
 async fn a_permanent_parent_restarts_the_escalated_subtree() {
     let bus = Bus::builder().build().unwrap();
-    let mut events = bus.events();
+    let mut events = bus.supervision_events();
     let parent = bus
         .supervisor("sv-parent")
         .intensity(1, Duration::from_secs(60))
@@ -211,7 +211,7 @@ async fn a_permanent_parent_restarts_the_escalated_subtree() {
 
 async fn strategy_restarts(strategy: Strategy, prefix: &str) -> Vec<usize> {
     let bus = Bus::builder().build().unwrap();
-    let mut events = bus.events();
+    let mut events = bus.supervision_events();
     let sup = bus.supervisor(prefix).strategy(strategy).backoff(Backoff::NONE).start().await.unwrap();
     let mut builds = Vec::new();
     let mut handles = Vec::new();
@@ -266,7 +266,7 @@ async fn rest_for_one_restarts_the_later_children() {
 #[actix_rt::test]
 async fn a_factory_that_panics_is_supervised_too() {
     let bus = Bus::builder().build().unwrap();
-    let mut events = bus.events();
+    let mut events = bus.supervision_events();
     let attempts = Arc::new(AtomicUsize::new(0));
     let a = attempts.clone();
     let sup = bus

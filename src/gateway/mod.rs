@@ -12,6 +12,7 @@
 
 mod error;
 mod jobs;
+mod streams;
 
 pub use error::ApiError;
 
@@ -55,7 +56,8 @@ pub fn configure(state: web::Data<State>, max_body_bytes: usize) -> impl FnOnce(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
-            .configure(jobs::routes);
+            .configure(jobs::routes)
+            .configure(streams::routes);
     }
 }
 
@@ -63,11 +65,13 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-async fn readyz(state: web::Data<State>) -> HttpResponse {
-    // Ready once the runtime (and, as storage lands, its store) is up; the
-    // bus exists before the server binds, so reaching here means ready.
-    let _ = &state.bus;
-    HttpResponse::Ok().json(json!({"status": "ready"}))
+async fn readyz(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    // The bus opens its storage before the server binds; ready means the
+    // store answers a read now.
+    match state.bus.event_store().end_position().await {
+        Ok(end) => Ok(HttpResponse::Ok().json(json!({"status": "ready", "events": end}))),
+        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())),
+    }
 }
 
 async fn metrics(state: web::Data<State>) -> Result<HttpResponse, ApiError> {

@@ -12,6 +12,8 @@ pub struct Server {
     pub addr: SocketAddr,
     child: Child,
     dir: PathBuf,
+    /// Remove `dir` when dropped (false when the caller owns it).
+    owns_dir: bool,
 }
 
 #[derive(Debug)]
@@ -41,9 +43,17 @@ impl Response {
 impl Server {
     /// Starts the binary with `config` (TOML) and waits until `/healthz` answers.
     pub fn start(config: &str) -> Server {
+        let dir = std::env::temp_dir().join(format!("actorbus-gw-{}-{}", std::process::id(), unique()));
+        let mut server = Server::start_in(config, &dir);
+        server.owns_dir = true;
+        server
+    }
+
+    /// Like [`Server::start`], with its files in `dir` (kept afterwards).
+    pub fn start_in(config: &str, dir: &std::path::Path) -> Server {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let dir = std::env::temp_dir().join(format!("actorbus-gw-{}-{port}", std::process::id()));
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("actorbus.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -57,7 +67,7 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start actorbus serve");
-        let server = Server { addr, child, dir };
+        let server = Server { addr, child, dir, owns_dir: false };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
             if let Ok(r) = server.try_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n") {
@@ -109,12 +119,28 @@ impl Server {
     }
 }
 
+impl Server {
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }
 
 fn parse(raw: &[u8]) -> Option<Response> {
