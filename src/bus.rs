@@ -4,7 +4,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
@@ -13,6 +13,7 @@ use actorbus_actors::event_store::{EventStore, EventStoreConfig, EventStoreHandl
 use actorbus_actors::jobs::{JobTracker, JobTrackerConfig};
 use actorbus_actors::registry::{Lookup, NameTaken, Registry};
 use actorbus_actors::request_reply::{Control, Request, RequestError, Service, ServiceActor, ServiceRef, ServiceSpec};
+use actorbus_actors::saga::{SagaCoordinator, SagaCoordinatorHandle};
 use actorbus_actors::store::{DataDir, StoreError};
 use actorbus_actors::supervision::{
     AddChild, Backoff, ChildLink, DuplicateChild, Intensity, Restart, Strategy, SupervisionEvent, Supervisor,
@@ -22,6 +23,7 @@ use tokio::sync::broadcast;
 
 use crate::jobs::Jobs;
 use crate::request::RequestBuilder;
+use crate::saga::SagasBuilder;
 
 /// Why the bus could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,6 +148,8 @@ impl BusBuilder {
                 jobs: JobTracker::new(self.jobs).start(),
                 event_store,
                 data_dir: self.data_dir,
+                sagas_claimed: AtomicBool::new(false),
+                sagas: OnceLock::new(),
             }),
         })
     }
@@ -171,6 +175,8 @@ struct Inner {
     jobs: Addr<JobTracker>,
     event_store: EventStoreHandle,
     data_dir: Option<PathBuf>,
+    sagas_claimed: AtomicBool,
+    sagas: OnceLock<SagaCoordinatorHandle>,
 }
 
 /// The runtime: owns the supervision tree, the registries and the worker
@@ -258,6 +264,25 @@ impl Bus {
         &self.inner.event_store
     }
 
+    /// Registers saga definitions and starts the bus's saga coordinator
+    /// (once per bus).
+    pub fn sagas(&self) -> SagasBuilder {
+        SagasBuilder::new(self.clone(), SagaCoordinator::builder())
+    }
+
+    /// The saga coordinator, once [`sagas`](Self::sagas) started it.
+    pub fn saga_coordinator(&self) -> Option<&SagaCoordinatorHandle> {
+        self.inner.sagas.get()
+    }
+
+    pub(crate) fn claim_sagas(&self) -> bool {
+        !self.inner.sagas_claimed.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    pub(crate) fn set_sagas(&self, handle: SagaCoordinatorHandle) {
+        let _ = self.inner.sagas.set(handle);
+    }
+
     /// Where persistent state lives (`None`: in memory).
     pub fn data_dir(&self) -> Option<&std::path::Path> {
         self.inner.data_dir.as_deref()
@@ -280,8 +305,8 @@ impl Bus {
         &self.inner.workers
     }
 
-    /// Stops taking requests, lets every service finish what is queued (up to
-    /// `drain`), then stops the services and worker arbiters. Requests still
+    /// Stops taking requests, lets every service finish what is queued and
+    /// every running saga end (up to `drain`), then stops the services and worker arbiters. Requests still
     /// queued at the end are answered with `Unavailable`; the report counts
     /// them. Requests sent after this starts get `ShuttingDown`.
     pub async fn shutdown(&self, drain: Duration) -> ShutdownReport {
@@ -294,8 +319,16 @@ impl Bus {
         for h in &hosted {
             (h.close)();
         }
-        while hosted.iter().any(|h| (h.queued)() > 0) && started.elapsed() < drain {
+        let sagas_running = || self.inner.sagas.get().map_or(0, |s| s.running());
+        while (hosted.iter().any(|h| (h.queued)() > 0) || sagas_running() > 0) && started.elapsed() < drain {
             actix_rt::time::sleep(Duration::from_millis(2)).await;
+        }
+        let sagas_left = sagas_running();
+        if sagas_left > 0 {
+            tracing::warn!(
+                sagas = sagas_left,
+                "shutdown: sagas still running (a durable log resumes them at the next start)"
+            );
         }
         let mut abandoned = Vec::new();
         for h in &hosted {
@@ -309,7 +342,7 @@ impl Bus {
         for worker in &self.inner.workers {
             worker.stop();
         }
-        ShutdownReport { services: hosted.len(), abandoned, took: started.elapsed() }
+        ShutdownReport { services: hosted.len(), abandoned, sagas_running: sagas_left, took: started.elapsed() }
     }
 }
 
@@ -321,6 +354,9 @@ pub struct ShutdownReport {
     /// Services that still had queued requests when the drain time ran out,
     /// and how many (each answered `Unavailable`).
     pub abandoned: Vec<(String, usize)>,
+    /// Sagas still running when the drain time ran out. With a durable log
+    /// they resume at the next start; with an in-memory one they are lost.
+    pub sagas_running: usize,
     /// How long it took.
     pub took: Duration,
 }

@@ -57,6 +57,7 @@ pub mod config;
 pub mod gateway;
 mod jobs;
 mod request;
+mod saga;
 mod telemetry;
 
 pub use actorbus_actors::backpressure::OverflowPolicy;
@@ -69,3 +70,4 @@ pub use bus::{
 };
 pub use jobs::{JobKindBuilder, Jobs};
 pub use request::RequestBuilder;
+pub use saga::SagasBuilder;

@@ -23,6 +23,7 @@
 //! - [`jobs`]: asynchronous request-reply (submit, poll, cancel).
 //! - [`event_store`]: event sourcing: the event store actor with group
 //!   commit, catch-up subscriptions, aggregates, snapshots and projections.
+//! - [`saga`]: sagas with compensations, a durable log and recovery.
 //!
 //! More are added beside them as the patterns land.
 
@@ -35,5 +36,6 @@ pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod request_reply;
+pub mod saga;
 pub mod store;
 pub mod supervision;

@@ -43,6 +43,23 @@ pub const JOBS_FINISHED: &str = "actorbus_jobs_finished_total";
 /// Jobs currently known to the tracker, by state.
 pub const JOBS_BY_STATE: &str = "actorbus_jobs_by_state_jobs";
 
+/// Label: the saga definition's name.
+pub const LABEL_SAGA: &str = "saga";
+/// Label: a saga step's name.
+pub const LABEL_STEP: &str = "step";
+
+/// Counter: sagas started (their start written to the log), by saga.
+pub const SAGA_STARTED: &str = "actorbus_saga_started_total";
+/// Counter: sagas ended, by saga and outcome (`completed`, `compensated`,
+/// `needs_attention`).
+pub const SAGA_ENDED: &str = "actorbus_saga_ended_total";
+/// Gauge: sagas running now, by saga.
+pub const SAGA_RUNNING: &str = "actorbus_saga_running_sagas";
+/// Histogram: time one attempt of a step or compensation took, by saga and step.
+pub const SAGA_STEP_LATENCY: &str = "actorbus_saga_step_latency_seconds";
+/// Counter: unfinished sagas resumed from the log at start.
+pub const SAGA_RECOVERED: &str = "actorbus_saga_recovered_total";
+
 /// Label: the name of a subscription or projection.
 pub const LABEL_SUBSCRIPTION: &str = "subscription";
 
@@ -113,4 +130,9 @@ pub fn describe() {
     describe_counter!(JOBS_SUBMITTED, Unit::Count, "Jobs submitted, by kind.");
     describe_counter!(JOBS_FINISHED, Unit::Count, "Jobs that ended, by kind and outcome.");
     describe_gauge!(JOBS_BY_STATE, Unit::Count, "Jobs known to the tracker, by state.");
+    describe_counter!(SAGA_STARTED, Unit::Count, "Sagas started, by saga.");
+    describe_counter!(SAGA_ENDED, Unit::Count, "Sagas ended, by saga and outcome.");
+    describe_gauge!(SAGA_RUNNING, Unit::Count, "Sagas running now, by saga.");
+    describe_histogram!(SAGA_STEP_LATENCY, Unit::Seconds, "Time one attempt of a saga step or compensation took.");
+    describe_counter!(SAGA_RECOVERED, Unit::Count, "Unfinished sagas resumed from the saga log at start.");
 }
