@@ -43,6 +43,7 @@ pub fn run(data_dir: &Path, messages: u32) -> Result<bool, Box<dyn std::error::E
             supervision(&bus, messages.min(3_000)).await?,
             async_jobs(&bus, (messages / 10).clamp(10, 1_000)).await?,
             event_sourcing(&bus, messages.clamp(64, 20_000)).await?,
+            sagas(&bus, messages.clamp(20, 2_000)).await?,
         ];
         bus.shutdown(Duration::from_secs(2)).await;
         Ok::<_, Box<dyn std::error::Error>>(outcomes)
@@ -354,5 +355,96 @@ async fn event_sourcing(bus: &Bus, n: u32) -> Result<Outcome, Box<dyn std::error
         pattern: "event sourcing",
         ok,
         detail: format!("{acked} appends by 64 writers in {took:.2?}; conflict typed; subscription saw {seen}/{acked}"),
+    })
+}
+
+/// Order sagas on the durable saga log: reserve stock, charge the card (the
+/// pivot), ship (retryable). Every 4th card is declined, so its reservation
+/// is compensated; every 7th shipment meets a busy carrier once and is
+/// retried. The stock must add up at the end.
+async fn sagas(bus: &Bus, n: u32) -> Result<Outcome, Box<dyn std::error::Error>> {
+    use actorbus::actors::saga::{RetryPolicy, SagaDefinition, SagaStatus, StepError};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Order {
+        n: u32,
+        quantity: u32,
+    }
+
+    let where_ = bus.data_dir().map_or("memory".to_owned(), |d| d.join("sagas.sqlite3").display().to_string());
+    println!("\nsagas: {n} orders (reserve stock → charge card → ship), log durable in {where_}");
+    let stock = Arc::new(AtomicU32::new(n * 2));
+    let carrier_retries = Arc::new(AtomicU32::new(0));
+    let (reserve, release, retries) = (stock.clone(), stock.clone(), carrier_retries.clone());
+    let order = SagaDefinition::<Order>::new("demo-order")
+        .step("reserve_stock", move |o: Order, _| {
+            let stock = reserve.clone();
+            async move {
+                stock.fetch_sub(o.quantity, Ordering::SeqCst);
+                Ok(o)
+            }
+        })
+        .compensate(move |o: Order, _| {
+            let stock = release.clone();
+            async move {
+                stock.fetch_add(o.quantity, Ordering::SeqCst);
+                Ok(o)
+            }
+        })
+        .pivot("charge_card", |o: Order, _| async move {
+            match o.n % 4 {
+                3 => Err(StepError::permanent("card declined")),
+                _ => Ok(o),
+            }
+        })
+        .retryable("ship", move |o: Order, cx| {
+            let retries = retries.clone();
+            async move {
+                if o.n % 7 == 6 && cx.attempt == 1 {
+                    retries.fetch_add(1, Ordering::SeqCst);
+                    return Err(StepError::transient("carrier busy"));
+                }
+                Ok(o)
+            }
+        })
+        .retry(RetryPolicy::attempts(3, Duration::from_millis(5)));
+    let sagas = bus.sagas().definition(order).start().await?;
+    let saga = sagas.saga::<Order>("demo-order")?;
+    let started = Instant::now();
+    let done = Arc::new(AtomicU32::new(0));
+    let runs = (0..n).map(|i| {
+        let (saga, done) = (saga.clone(), done.clone());
+        async move {
+            let outcome = saga.run(Order { n: i, quantity: 2 }).await;
+            progress("sagas ended", done.fetch_add(1, Ordering::SeqCst) + 1, n);
+            outcome
+        }
+    });
+    let outcomes = join_all(runs).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let took = started.elapsed();
+    let count = |s: SagaStatus| outcomes.iter().filter(|o| o.status == s).count() as u32;
+    let (completed, compensated) = (count(SagaStatus::Completed), count(SagaStatus::Compensated));
+    let declined = (0..n).filter(|i| i % 4 == 3).count() as u32;
+    println!(
+        "  {completed} completed, {compensated} compensated (declined cards), {} shipments retried, in {took:.2?}",
+        carrier_retries.load(Ordering::SeqCst)
+    );
+    if let Some(first) = outcomes.iter().find(|o| o.status == SagaStatus::Compensated) {
+        if let Some(state) = sagas.status(first.id).await? {
+            println!("  saga {} (a declined card), from the log:", first.id);
+            for line in state.timeline().lines() {
+                println!("  {line}");
+            }
+        }
+    }
+    let left = stock.load(Ordering::SeqCst);
+    let expected_left = n * 2 - completed * 2;
+    println!("  stock left {left} (expected {expected_left}: every compensated reservation came back)");
+    let ok = completed == n - declined && compensated == declined && left == expected_left;
+    Ok(Outcome {
+        pattern: "sagas",
+        ok,
+        detail: format!("{completed} completed, {compensated} compensated in reverse order, stock adds up"),
     })
 }

@@ -39,6 +39,15 @@ pub fn run(
                 }
             }
         }
+        // No definitions: the coordinator serves `GET /v1/sagas/{id}` from the
+        // durable log (sagas an embedding program ran on this data directory).
+        let sagas = bus.sagas().start().await?;
+        if !sagas.recovery().unknown.is_empty() {
+            tracing::warn!(
+                unfinished = sagas.recovery().unknown.len(),
+                "unfinished sagas in the log wait for a program that defines them"
+            );
+        }
         let gateway = GatewayConfig {
             listen: config.listen,
             max_body_bytes: config.max_body_bytes,

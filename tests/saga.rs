@@ -310,12 +310,12 @@ fn unfinished_sagas_resume_from_the_log_forward_and_backward() {
                 }
             }
         };
-        let data = |done: &[&str]| json!({ "done": done });
+        let data = |done: &[&str]| SagaData::encode(&json!({ "done": done })).expect("json");
         let forward = SagaId::new();
         write(
             forward,
             vec![
-                SagaRecord::Started { saga: "resume".into(), data: data(&[]) },
+                SagaRecord::Started { saga: "resume".into(), steps: Default::default(), data: data(&[]) },
                 SagaRecord::StepStarted { step: 0, attempt: 1 },
                 SagaRecord::StepCompleted { step: 0, data: data(&["a"]) },
                 SagaRecord::StepStarted { step: 1, attempt: 1 },
@@ -328,7 +328,7 @@ fn unfinished_sagas_resume_from_the_log_forward_and_backward() {
         write(
             backward,
             vec![
-                SagaRecord::Started { saga: "resume".into(), data: data(&[]) },
+                SagaRecord::Started { saga: "resume".into(), steps: Default::default(), data: data(&[]) },
                 SagaRecord::StepStarted { step: 0, attempt: 1 },
                 SagaRecord::StepCompleted { step: 0, data: data(&["a"]) },
                 SagaRecord::StepStarted { step: 1, attempt: 1 },
@@ -342,7 +342,11 @@ fn unfinished_sagas_resume_from_the_log_forward_and_backward() {
         )
         .await;
         let orphan = SagaId::new();
-        write(orphan, vec![SagaRecord::Started { saga: "unregistered".into(), data: data(&[]) }]).await;
+        write(
+            orphan,
+            vec![SagaRecord::Started { saga: "unregistered".into(), steps: Default::default(), data: data(&[]) }],
+        )
+        .await;
 
         let sagas = SagaCoordinator::builder().log(log.clone()).definition(define(&trace)).start().await.unwrap();
         assert_eq!(sagas.recovery(), &Recovery { resumed: 2, unknown: vec![orphan] });
@@ -353,11 +357,11 @@ fn unfinished_sagas_resume_from_the_log_forward_and_backward() {
         }
         let fwd = sagas.status(forward).await.unwrap().unwrap();
         assert_eq!(fwd.status, SagaStatus::Completed);
-        assert_eq!(fwd.data, data(&["a", "b", "c"]));
+        assert_eq!(fwd.data, data(&["a", "b", "c"]).to_value());
         assert_eq!(*keys.lock().unwrap(), [(format!("{forward}:c"), 2)], "step c re-run once, same key, attempt 2");
         let back = sagas.status(backward).await.unwrap().unwrap();
         assert_eq!(back.status, SagaStatus::Compensated);
-        assert_eq!(back.data, data(&[]));
+        assert_eq!(back.data, data(&[]).to_value());
         assert_eq!(trace.take(), ["undo:a"], "only the compensation not yet done ran");
     });
 }

@@ -171,7 +171,7 @@ fn child_recover_sagas() {
         for e in store.read_all(0, Direction::Forward, usize::MAX).await.expect("read log") {
             let entry: LogEntry = e.decode().expect("entry");
             if let SagaRecord::Started { data, .. } = entry.record {
-                let order: Order = serde_json::from_value(data).expect("order");
+                let order: Order = data.decode().expect("order");
                 let id = e.stream.strip_prefix("saga-").expect("saga stream").parse().expect("id");
                 ids.entry(order.n).or_default().push(id);
             }

@@ -12,6 +12,7 @@
 
 mod error;
 mod jobs;
+mod sagas;
 mod streams;
 
 pub use error::ApiError;
@@ -57,7 +58,8 @@ pub fn configure(state: web::Data<State>, max_body_bytes: usize) -> impl FnOnce(
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .configure(jobs::routes)
-            .configure(streams::routes);
+            .configure(streams::routes)
+            .configure(sagas::routes);
     }
 }
 

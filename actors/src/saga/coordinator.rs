@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use super::definition::{Definition, SagaDefinition};
 use super::log::{LogEntry, MemorySagaLog, SagaLog};
 use super::runner::{Finished, Runner};
-use super::{Replay, SagaId, SagaRecord, SagaStatus};
+use super::{Replay, SagaData, SagaId, SagaRecord, SagaStatus};
 use crate::envelope::Timestamp;
 use crate::metrics as m;
 use crate::store::StoreError;
@@ -91,6 +91,46 @@ pub struct SagaState {
     pub history: Vec<LogEntry>,
 }
 
+impl SagaState {
+    /// The history as text, one transition per line, timed from the start:
+    ///
+    /// ```text
+    ///    +0.000 ms  started
+    ///    +0.011 ms  reserve: attempt 1
+    ///    +0.020 ms  reserve: done
+    ///    +0.031 ms  charge: attempt 1 failed: card declined
+    ///    +0.035 ms  compensating (card declined)
+    /// ```
+    pub fn timeline(&self) -> String {
+        let name = |step: &usize| self.steps.get(*step).map_or("?", String::as_str);
+        let mut out = String::new();
+        for entry in &self.history {
+            let line = match &entry.record {
+                SagaRecord::Started { .. } => "started".to_string(),
+                SagaRecord::StepStarted { step, attempt } => format!("{}: attempt {attempt}", name(step)),
+                SagaRecord::StepCompleted { step, .. } => format!("{}: done", name(step)),
+                SagaRecord::StepFailed { step, attempt, error } => {
+                    format!("{}: attempt {attempt} failed: {error}", name(step))
+                }
+                SagaRecord::Compensating { reason } => format!("compensating ({reason})"),
+                SagaRecord::CompensationStarted { step, attempt } => {
+                    format!("{}: compensation attempt {attempt}", name(step))
+                }
+                SagaRecord::CompensationCompleted { step, .. } => format!("{}: compensated", name(step)),
+                SagaRecord::CompensationFailed { step, attempt, error } => {
+                    format!("{}: compensation attempt {attempt} failed: {error}", name(step))
+                }
+                SagaRecord::Completed => "completed".to_string(),
+                SagaRecord::Compensated => "compensated".to_string(),
+                SagaRecord::NeedsAttention { reason } => format!("needs attention: {reason}"),
+            };
+            let at = entry.at.as_micros().saturating_sub(self.started_at.as_micros());
+            out.push_str(&format!("{:>+10.3} ms  {line}\n", at as f64 / 1000.0));
+        }
+        out
+    }
+}
+
 /// What recovery found at start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -105,6 +145,8 @@ pub struct Recovery {
 /// per-step cost is a handle call, not a label lookup).
 pub(crate) struct Registered {
     pub(crate) definition: Definition,
+    /// The step names, as every `Started` record carries them.
+    pub(crate) steps: Arc<[Arc<str>]>,
     pub(crate) metrics: SagaMetrics,
 }
 
@@ -275,7 +317,17 @@ impl SagaCoordinatorBuilder {
         for definition in self.sagas {
             let name = definition.name.clone();
             let metrics = SagaMetrics::new(&definition);
-            if sagas.insert(name.clone(), Arc::new(Registered { definition, metrics })).is_some() {
+            if sagas
+                .insert(
+                    name.clone(),
+                    Arc::new(Registered {
+                        steps: definition.steps.iter().map(|s| s.name.clone()).collect(),
+                        definition,
+                        metrics,
+                    }),
+                )
+                .is_some()
+            {
                 return Err(SagaError::InvalidDefinition(format!("saga `{name}` is registered twice")));
             }
         }
@@ -356,19 +408,18 @@ impl SagaCoordinatorHandle {
     pub async fn status(&self, id: SagaId) -> Result<Option<SagaState>, SagaError> {
         let history = self.inner.log.history(id).await?;
         let Some(replay) = Replay::of(&history) else { return Ok(None) };
-        let steps: Vec<String> = self
-            .inner
-            .sagas
-            .get(replay.saga.as_str())
-            .map(|s| s.definition.steps.iter().map(|s| s.name.to_string()).collect())
-            .unwrap_or_default();
+        let steps = match &history[0].record {
+            SagaRecord::Started { steps, .. } if !steps.is_empty() => steps.clone(),
+            _ => self.inner.sagas.get(replay.saga.as_str()).map(|s| s.steps.clone()).unwrap_or_default(),
+        };
+        let steps: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
         let step = replay.unit.and_then(|(_, i)| steps.get(i).cloned());
         Ok(Some(SagaState {
             id,
             saga: replay.saga,
             status: replay.status,
             step,
-            data: replay.data,
+            data: replay.data.to_value(),
             error: replay.reason,
             steps,
             started_at: replay.started_at,
@@ -430,7 +481,7 @@ impl<D: Serialize + DeserializeOwned + 'static> Saga<D> {
         let (tx, rx) = oneshot::channel();
         let id = self.begin(data, Some(tx)).await?;
         let finished = rx.await.map_err(|_| SagaError::Stopped)??;
-        let data = serde_json::from_value(finished.data).map_err(|e| SagaError::Codec(e.to_string()))?;
+        let data = finished.data.decode().map_err(|e| SagaError::Codec(e.to_string()))?;
         Ok(SagaOutcome { id, status: finished.status, data, error: finished.error })
     }
 
@@ -440,10 +491,14 @@ impl<D: Serialize + DeserializeOwned + 'static> Saga<D> {
         done: Option<oneshot::Sender<Result<Finished, StoreError>>>,
     ) -> Result<SagaId, SagaError> {
         let id = SagaId::new();
-        let data = serde_json::to_value(data).map_err(|e| SagaError::Codec(e.to_string()))?;
+        let data = SagaData::encode(&data).map_err(|e| SagaError::Codec(e.to_string()))?;
         let entry = LogEntry {
             at: Timestamp::now(),
-            record: SagaRecord::Started { saga: self.saga.definition.name.to_string(), data },
+            record: SagaRecord::Started {
+                saga: self.saga.definition.name.to_string(),
+                steps: self.saga.steps.clone(),
+                data,
+            },
         };
         let state = Replay::of(std::slice::from_ref(&entry)).ok_or(SagaError::Stopped)?;
         let runner = Runner { id, saga: self.saga.clone(), log: self.coordinator.inner.log.clone(), state };

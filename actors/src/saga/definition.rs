@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 
-use super::SagaId;
+use super::{SagaData, SagaId};
 
 /// What a step means for the saga's fate (Garcia-Molina's classification).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -111,7 +110,7 @@ pub struct StepContext {
 
 pub(crate) type BoxFut<T> = Pin<Box<dyn Future<Output = T>>>;
 /// A type-erased action or compensation: JSON data in, JSON data out.
-pub(crate) type ErasedFn = Arc<dyn Fn(Value, StepContext) -> BoxFut<Result<Value, StepError>> + Send + Sync>;
+pub(crate) type ErasedFn = Arc<dyn Fn(SagaData, StepContext) -> BoxFut<Result<SagaData, StepError>> + Send + Sync>;
 
 pub(crate) struct StepDef {
     pub(crate) name: Arc<str>,
@@ -166,14 +165,13 @@ where
     Fut: Future<Output = Result<D, StepError>> + 'static,
 {
     let f = Arc::new(f);
-    Arc::new(move |value: Value, cx: StepContext| {
+    Arc::new(move |value: SagaData, cx: StepContext| {
         let f = f.clone();
         Box::pin(async move {
-            let data: D = serde_json::from_value(value)
-                .map_err(|e| StepError::permanent(format!("saga data does not decode: {e}")))?;
+            let data = value.decode().map_err(|e| StepError::permanent(format!("saga data does not decode: {e}")))?;
             let out = f(data, cx).await?;
-            serde_json::to_value(out).map_err(|e| StepError::permanent(format!("saga data does not encode: {e}")))
-        }) as BoxFut<Result<Value, StepError>>
+            SagaData::encode(&out).map_err(|e| StepError::permanent(format!("saga data does not encode: {e}")))
+        }) as BoxFut<Result<SagaData, StepError>>
     })
 }
 

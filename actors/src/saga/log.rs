@@ -3,12 +3,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::SagaId;
+use super::{SagaData, SagaId};
 use crate::envelope::Timestamp;
 use crate::event_store::{EventStore, EventStoreConfig, EventStoreHandle};
 use crate::store::{DataDir, Direction, ExpectedVersion, NewEvent, SqliteEventLog, StoreError};
@@ -21,8 +21,12 @@ pub enum SagaRecord {
     Started {
         /// The definition's name.
         saga: String,
+        /// The definition's step names, in order, so that the log reads on
+        /// its own (records name steps by index).
+        #[serde(default)]
+        steps: Arc<[Arc<str>]>,
         /// The initial data.
-        data: Value,
+        data: SagaData,
     },
     /// An attempt of step `step` (its index) began.
     StepStarted {
@@ -36,7 +40,7 @@ pub enum SagaRecord {
         /// Step index.
         step: usize,
         /// The data after the step.
-        data: Value,
+        data: SagaData,
     },
     /// An attempt of step `step` failed.
     StepFailed {
@@ -64,7 +68,7 @@ pub enum SagaRecord {
         /// Step index.
         step: usize,
         /// The data after it.
-        data: Value,
+        data: SagaData,
     },
     /// An attempt of step `step`'s compensation failed.
     CompensationFailed {
@@ -169,7 +173,7 @@ impl SagaLog for MemorySagaLog {
     fn append(&self, saga: SagaId, entry: LogEntry) -> LogFuture<()> {
         let mut inner = self.lock();
         let done = entry.record.is_final();
-        inner.sagas.entry(saga).or_default().push(entry);
+        inner.sagas.entry(saga).or_insert_with(|| Vec::with_capacity(8)).push(entry);
         if done {
             inner.finished.push_back(saga);
             while inner.finished.len() > self.keep_finished {

@@ -81,10 +81,65 @@ pub use coordinator::{
 pub use definition::{RetryPolicy, SagaDefinition, StepContext, StepError, StepKind};
 pub use log::{EventStoreSagaLog, LogEntry, LogFuture, MemorySagaLog, SagaLog, SagaRecord};
 
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::envelope::{MessageId, Timestamp};
+
+/// A saga's data as the log holds it: JSON text, shared, so handing it to
+/// a step, logging it and keeping it in the saga's state copy nothing
+/// (a clone is a reference-count bump). Steps see it decoded as their `D`.
+#[derive(Clone, Serialize)]
+#[serde(transparent)]
+pub struct SagaData(Arc<RawValue>);
+
+impl<'de> Deserialize<'de> for SagaData {
+    // Through a `Value`: records are an internally tagged enum, which serde
+    // buffers, and a buffered `RawValue` cannot be read back. Only reading
+    // the log (recovery, status) pays for this; running sagas never do.
+    fn deserialize<De: serde::Deserializer<'de>>(d: De) -> Result<Self, De::Error> {
+        SagaData::encode(&Value::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl SagaData {
+    /// Encodes `value` as JSON.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(|raw| SagaData(Arc::from(raw)))
+    }
+
+    /// Decodes the JSON as a `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The JSON as a [`Value`].
+    pub fn to_value(&self) -> Value {
+        // Valid JSON by construction: it came from an encoder or the log.
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for SagaData {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
+
+impl std::fmt::Debug for SagaData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.json())
+    }
+}
 
 /// A saga's id: time-ordered like a message id.
 pub type SagaId = MessageId;
@@ -129,7 +184,7 @@ impl SagaStatus {
 pub(crate) struct Replay {
     pub(crate) saga: String,
     pub(crate) status: SagaStatus,
-    pub(crate) data: Value,
+    pub(crate) data: SagaData,
     /// Steps `0..completed` completed.
     pub(crate) completed: usize,
     /// Why compensation began.
@@ -150,7 +205,7 @@ impl Replay {
     /// Folds a saga's entries; `None` when the first is not `Started`.
     pub(crate) fn of(entries: &[LogEntry]) -> Option<Replay> {
         let (first, rest) = entries.split_first()?;
-        let SagaRecord::Started { saga, data } = &first.record else { return None };
+        let SagaRecord::Started { saga, data, .. } = &first.record else { return None };
         let mut replay = Replay {
             saga: saga.clone(),
             status: SagaStatus::Running,

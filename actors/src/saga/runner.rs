@@ -4,12 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::Value;
-
 use super::coordinator::Registered;
 use super::definition::{RetryPolicy, StepContext, StepError, StepKind};
 use super::log::{LogEntry, SagaLog};
-use super::{Replay, SagaId, SagaRecord, SagaStatus};
+use super::{Replay, SagaData, SagaId, SagaRecord, SagaStatus};
 use crate::envelope::Timestamp;
 use crate::store::StoreError;
 use crate::supervision::panic::catch_async;
@@ -18,7 +16,7 @@ use crate::supervision::panic::catch_async;
 #[derive(Debug)]
 pub(crate) struct Finished {
     pub(crate) status: SagaStatus,
-    pub(crate) data: Value,
+    pub(crate) data: SagaData,
     pub(crate) error: Option<String>,
 }
 
@@ -105,7 +103,7 @@ impl Runner {
     /// it runs and each failure after. Continues the attempt count of a run
     /// interrupted by a crash; an attempt that was cut off does not count as
     /// failed (its outcome is unknown, and the idempotency key covers it).
-    async fn attempt(&mut self, compensation: bool, step: usize) -> Result<Result<Value, String>, StoreError> {
+    async fn attempt(&mut self, compensation: bool, step: usize) -> Result<Result<SagaData, String>, StoreError> {
         let saga = self.saga.clone();
         let def = &saga.definition.steps[step];
         let (f, policy): (_, RetryPolicy) = match (compensation, &def.compensation) {
