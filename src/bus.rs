@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use actorbus_actors::backpressure::OverflowPolicy;
+use actorbus_actors::dlq::{DlqHandle, DlqSink};
 use actorbus_actors::event_store::{EventStore, EventStoreConfig, EventStoreHandle};
 use actorbus_actors::jobs::{JobTracker, JobTrackerConfig};
 use actorbus_actors::registry::{Lookup, NameTaken, Registry};
@@ -131,6 +132,10 @@ impl BusBuilder {
             }
             None => EventStore::in_memory(EventStoreConfig::default())?,
         };
+        let dlq = match &self.data_dir {
+            Some(dir) => DlqSink::open(&DataDir::new(dir))?,
+            None => DlqSink::in_memory(),
+        };
         let (events, _) = broadcast::channel(1024);
         let root = Supervisor::start("root", self.root, None, events.clone());
         let workers = (0..self.workers).map(|_| Arbiter::new()).collect::<Vec<_>>();
@@ -147,6 +152,7 @@ impl BusBuilder {
                 metrics,
                 jobs: JobTracker::new(self.jobs).start(),
                 event_store,
+                dlq,
                 data_dir: self.data_dir,
                 sagas_claimed: AtomicBool::new(false),
                 sagas: OnceLock::new(),
@@ -174,6 +180,7 @@ struct Inner {
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     jobs: Addr<JobTracker>,
     event_store: EventStoreHandle,
+    dlq: DlqHandle,
     data_dir: Option<PathBuf>,
     sagas_claimed: AtomicBool,
     sagas: OnceLock<SagaCoordinatorHandle>,
@@ -262,6 +269,13 @@ impl Bus {
     /// The event store: SQLite under the data directory, or in memory.
     pub fn event_store(&self) -> &EventStoreHandle {
         &self.inner.event_store
+    }
+
+    /// The dead letter queue: durable (`dlq.sqlite3` in the data directory)
+    /// when the bus has a data directory, in memory otherwise. Every pattern
+    /// on this bus dead-letters here.
+    pub fn dlq(&self) -> &DlqHandle {
+        &self.inner.dlq
     }
 
     /// Registers saga definitions and starts the bus's saga coordinator

@@ -24,11 +24,14 @@
 //! - [`event_store`]: event sourcing: the event store actor with group
 //!   commit, catch-up subscriptions, aggregates, snapshots and projections.
 //! - [`saga`]: sagas with compensations, a durable log and recovery.
+//! - [`dlq`]: the dead letter queue: entries with history, filters, purge
+//!   and redrive.
 //!
 //! More are added beside them as the patterns land.
 
 pub mod backpressure;
 pub mod deadline;
+pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod event_store;

@@ -92,6 +92,21 @@ pub const EVENT_STORE_EVENTS_REPLAYED: &str = "actorbus_event_store_replayed_eve
 /// The global position up to which a projection's checkpoint is saved.
 pub const EVENT_STORE_PROJECTION_CHECKPOINT: &str = "actorbus_event_store_projection_checkpoint_position";
 
+/// Label: the pattern a dead letter came from (`queue`, `saga`, …).
+pub const LABEL_PATTERN: &str = "pattern";
+
+/// Counter: entries stored in the dead letter queue, by source pattern, source
+/// name and reason code.
+pub const DLQ_DEAD_LETTERED: &str = "actorbus_dlq_dead_lettered_total";
+/// Gauge: entries in the dead letter queue.
+pub const DLQ_DEPTH: &str = "actorbus_dlq_depth_messages";
+/// Counter: entries redriven (sent back and removed), by target pattern and name.
+pub const DLQ_REDRIVEN: &str = "actorbus_dlq_redriven_total";
+/// Counter: entries purged.
+pub const DLQ_PURGED: &str = "actorbus_dlq_purged_total";
+/// Counter: entries discarded by a full in-memory DLQ (oldest first).
+pub const DLQ_EVICTED: &str = "actorbus_dlq_evicted_total";
+
 /// Registers help text and units for every metric, so exporters print them.
 /// Call once after installing a recorder.
 pub fn describe() {
@@ -135,4 +150,9 @@ pub fn describe() {
     describe_gauge!(SAGA_RUNNING, Unit::Count, "Sagas running now, by saga.");
     describe_histogram!(SAGA_STEP_LATENCY, Unit::Seconds, "Time one attempt of a saga step or compensation took.");
     describe_counter!(SAGA_RECOVERED, Unit::Count, "Unfinished sagas resumed from the saga log at start.");
+    describe_counter!(DLQ_DEAD_LETTERED, Unit::Count, "Dead letters stored, by source and reason.");
+    describe_gauge!(DLQ_DEPTH, Unit::Count, "Entries in the dead letter queue.");
+    describe_counter!(DLQ_REDRIVEN, Unit::Count, "Dead letters redriven, by target.");
+    describe_counter!(DLQ_PURGED, Unit::Count, "Dead letters purged.");
+    describe_counter!(DLQ_EVICTED, Unit::Count, "Dead letters discarded by a full in-memory DLQ.");
 }
