@@ -144,6 +144,7 @@ impl BusBuilder {
             inner: Arc::new(Inner {
                 root,
                 services: Registry::new("service"),
+                queues: Registry::new("queue"),
                 hosted: Mutex::new(Vec::new()),
                 events,
                 workers: worker_handles,
@@ -172,6 +173,7 @@ struct Hosted {
 struct Inner {
     root: Addr<Supervisor>,
     services: Registry,
+    queues: Registry,
     hosted: Mutex<Vec<Hosted>>,
     events: broadcast::Sender<SupervisionEvent>,
     workers: Vec<ArbiterHandle>,
@@ -287,6 +289,10 @@ impl Bus {
     /// The saga coordinator, once [`sagas`](Self::sagas) started it.
     pub fn saga_coordinator(&self) -> Option<&SagaCoordinatorHandle> {
         self.inner.sagas.get()
+    }
+
+    pub(crate) fn queues(&self) -> &Registry {
+        &self.inner.queues
     }
 
     pub(crate) fn claim_sagas(&self) -> bool {

@@ -24,6 +24,8 @@
 //! - [`event_store`]: event sourcing: the event store actor with group
 //!   commit, catch-up subscriptions, aggregates, snapshots and projections.
 //! - [`saga`]: sagas with compensations, a durable log and recovery.
+//! - [`queue`]: point-to-point queues with acks, retries, visibility
+//!   timeouts, priorities and partition keys.
 //! - [`dlq`]: the dead letter queue: entries with history, filters, purge
 //!   and redrive.
 //!
@@ -37,6 +39,7 @@ pub mod error;
 pub mod event_store;
 pub mod jobs;
 pub mod metrics;
+pub mod queue;
 pub mod registry;
 pub mod request_reply;
 pub mod saga;
