@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use actorbus_actors::backpressure::OverflowPolicy;
+use actorbus_actors::pool::{ConsumerPool, PoolBuilder, PoolHandler};
 use actorbus_actors::queue::{Queue, QueueConfig, QueueHandle, QueueMessage, RetryPolicy};
 use actorbus_actors::registry::NameTaken;
 
@@ -134,5 +135,17 @@ impl Bus {
     /// The queue `name`, if it was started with messages of type `T`.
     pub fn queue_handle<T: QueueMessage>(&self, name: &str) -> Option<QueueHandle<T>> {
         self.queues().get::<QueueHandle<T>>(name).ok().map(|h| (*h).clone())
+    }
+
+    /// Prepares a pool of workers competing for `queue`'s messages, spread
+    /// over the bus's worker arbiters (when it has some); `factory` builds
+    /// each worker's handler, again after a panic.
+    pub fn consumer_pool<T, H, F>(&self, queue: &QueueHandle<T>, factory: F) -> PoolBuilder<T, H>
+    where
+        T: QueueMessage,
+        H: PoolHandler<T>,
+        F: Fn() -> H + Send + Sync + 'static,
+    {
+        ConsumerPool::builder(queue.clone(), factory).arbiters(self.workers().to_vec())
     }
 }

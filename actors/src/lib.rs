@@ -26,6 +26,8 @@
 //! - [`saga`]: sagas with compensations, a durable log and recovery.
 //! - [`queue`]: point-to-point queues with acks, retries, visibility
 //!   timeouts, priorities and partition keys.
+//! - [`pool`]: competing consumers: supervised worker pools on a queue,
+//!   autoscaled, async or blocking.
 //! - [`dlq`]: the dead letter queue: entries with history, filters, purge
 //!   and redrive.
 //!
@@ -39,6 +41,7 @@ pub mod error;
 pub mod event_store;
 pub mod jobs;
 pub mod metrics;
+pub mod pool;
 pub mod queue;
 pub mod registry;
 pub mod request_reply;

@@ -490,7 +490,7 @@ where
                 self.remove_consumer(*id);
                 return;
             }
-            Settle::Ack(r) | Settle::Expired(r) => *r,
+            Settle::Ack(r) | Settle::Expired(r) | Settle::Release(r) => *r,
             Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } => *receipt,
         };
         let Some(f) = self.in_flight.remove(&receipt) else {
@@ -528,6 +528,7 @@ where
                 self.dead_letter(f.entry, FailureReason::Expired, true, ctx);
                 self.release(f.key);
             }
+            Settle::Release(_) => self.requeue_front(f.entry, f.key),
             Settle::Close(_) => {}
         }
     }

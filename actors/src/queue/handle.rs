@@ -37,6 +37,9 @@ pub(crate) enum Settle {
         reason: FailureReason,
     },
     Expired(u64),
+    /// Never handled (still buffered in a consumer that went away): back to
+    /// the front, not counted as an attempt.
+    Release(u64),
     /// The consumer takes nothing more (what it holds is still delivered).
     Close(u64),
 }
@@ -240,8 +243,9 @@ impl<T: Send + 'static> QueueHandle<T> {
 }
 
 /// Receives deliveries from one queue, at most `prefetch` unsettled at a
-/// time. Dropping it gives back what it holds (each unsettled delivery
-/// counts as a failed attempt, like a dropped [`Delivery`]).
+/// time. Dropping it: the queue sends it nothing more, and deliveries it had
+/// buffered but not returned go back to the queue without counting an
+/// attempt (deliveries already returned settle through their own drop).
 pub struct Consumer<T> {
     id: u64,
     rx: mpsc::Receiver<Delivery<T>>,
@@ -298,9 +302,12 @@ impl<T> Consumer<T> {
 
 impl<T> Drop for Consumer<T> {
     fn drop(&mut self) {
-        // Deliveries still buffered are dropped with `rx` after this, each
-        // giving itself back; the queue stops sending to this consumer.
+        // The queue stops sending to this consumer; deliveries still
+        // buffered were never seen by a handler and go back as they were.
         self.close();
+        while let Ok(mut d) = self.rx.try_recv() {
+            d.settler.send(Settle::Release);
+        }
     }
 }
 
