@@ -77,7 +77,8 @@ fn an_unacked_delivery_is_redelivered_after_the_visibility_timeout() {
     run(async {
         let bus = bus();
         let q = quick(&bus, "visibility").visibility_timeout(Duration::from_millis(50)).start().unwrap();
-        let mut c = q.consumer(1).await.unwrap();
+        // Credit 2: the timed-out delivery keeps its credit until settled.
+        let mut c = q.consumer(2).await.unwrap();
         q.send(7).await.unwrap();
         let first = recv(&mut c).await;
         let (sent, settler) = first.into_parts();

@@ -95,6 +95,10 @@ pub struct Queue<T> {
     source: DlqSource,
     ready: Ready<T>,
     in_flight: BTreeMap<u64, InFlight<T>>,
+    /// Deliveries that timed out, by receipt, with their consumer: it keeps
+    /// the credit until it settles (late), so a stuck consumer is not sent
+    /// more work that would only time out in its buffer.
+    timed_out: HashMap<u64, u64>,
     delayed: BTreeMap<(u64, u64), Delayed<T>>,
     histories: HashMap<MessageId, Vec<FailureRecord>>,
     expiry: BinaryHeap<Reverse<(Timestamp, MessageId)>>,
@@ -158,6 +162,7 @@ where
                 dlq: actor_dlq,
                 source,
                 in_flight: BTreeMap::new(),
+                timed_out: HashMap::new(),
                 delayed: BTreeMap::new(),
                 histories: HashMap::new(),
                 expiry: BinaryHeap::new(),
@@ -287,6 +292,7 @@ where
     }
 
     fn remove_consumer(&mut self, id: u64) {
+        self.timed_out.retain(|_, c| *c != id);
         if let Some(idx) = self.consumers.iter().position(|s| s.id == id) {
             let slot = self.consumers.remove(idx);
             self.credit -= slot.prefetch.saturating_sub(slot.outstanding);
@@ -428,8 +434,9 @@ where
             if entry.get().due_us > now {
                 break;
             }
+            let receipt = *entry.key();
             let f = entry.remove();
-            self.credit_back(f.consumer);
+            self.timed_out.insert(receipt, f.consumer);
             bump(&self.metrics.timeouts, &self.shared.stats.timeouts);
             self.fail(f.entry, f.key, FailureReason::Timeout, None, ctx);
         }
@@ -495,7 +502,11 @@ where
         };
         let Some(f) = self.in_flight.remove(&receipt) else {
             // Settled after its visibility timeout: the message was already
-            // given to someone else (or dead-lettered).
+            // given to someone else (or dead-lettered). The consumer gets its
+            // credit back now.
+            if let Some(consumer) = self.timed_out.remove(&receipt) {
+                self.credit_back(consumer);
+            }
             bump(&self.metrics.stale, &self.shared.stats.stale);
             return;
         };

@@ -26,7 +26,9 @@
 //!   message is delivered again with `attempt + 1`. A settle that arrives
 //!   after that is stale and ignored (counted), so each message is acked or
 //!   dead-lettered exactly once even when a handler is slow; handlers may
-//!   still run more than once (at-least-once).
+//!   still run more than once (at-least-once). The consumer keeps the
+//!   credit of a timed-out delivery until it settles it, so a stuck consumer
+//!   is not handed more work to time out in its buffer.
 //! - **Retries.** The [`RetryPolicy`] gives the first `immediate` failures an
 //!   immediate redelivery, then waits `initial × multiplier^n` (at most `max`,
 //!   minus up to `jitter` of it at random). Redeliveries go to the front of
