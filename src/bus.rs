@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use actorbus_actors::backpressure::OverflowPolicy;
+use actorbus_actors::dlq::{DlqHandle, DlqSink};
 use actorbus_actors::event_store::{EventStore, EventStoreConfig, EventStoreHandle};
 use actorbus_actors::jobs::{JobTracker, JobTrackerConfig};
 use actorbus_actors::registry::{Lookup, NameTaken, Registry};
@@ -131,6 +132,10 @@ impl BusBuilder {
             }
             None => EventStore::in_memory(EventStoreConfig::default())?,
         };
+        let dlq = match &self.data_dir {
+            Some(dir) => DlqSink::open(&DataDir::new(dir))?,
+            None => DlqSink::in_memory(),
+        };
         let (events, _) = broadcast::channel(1024);
         let root = Supervisor::start("root", self.root, None, events.clone());
         let workers = (0..self.workers).map(|_| Arbiter::new()).collect::<Vec<_>>();
@@ -139,6 +144,7 @@ impl BusBuilder {
             inner: Arc::new(Inner {
                 root,
                 services: Registry::new("service"),
+                queues: Registry::new("queue"),
                 hosted: Mutex::new(Vec::new()),
                 events,
                 workers: worker_handles,
@@ -147,6 +153,7 @@ impl BusBuilder {
                 metrics,
                 jobs: JobTracker::new(self.jobs).start(),
                 event_store,
+                dlq,
                 data_dir: self.data_dir,
                 sagas_claimed: AtomicBool::new(false),
                 sagas: OnceLock::new(),
@@ -166,6 +173,7 @@ struct Hosted {
 struct Inner {
     root: Addr<Supervisor>,
     services: Registry,
+    queues: Registry,
     hosted: Mutex<Vec<Hosted>>,
     events: broadcast::Sender<SupervisionEvent>,
     workers: Vec<ArbiterHandle>,
@@ -174,6 +182,7 @@ struct Inner {
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     jobs: Addr<JobTracker>,
     event_store: EventStoreHandle,
+    dlq: DlqHandle,
     data_dir: Option<PathBuf>,
     sagas_claimed: AtomicBool,
     sagas: OnceLock<SagaCoordinatorHandle>,
@@ -264,6 +273,13 @@ impl Bus {
         &self.inner.event_store
     }
 
+    /// The dead letter queue: durable (`dlq.sqlite3` in the data directory)
+    /// when the bus has a data directory, in memory otherwise. Every pattern
+    /// on this bus dead-letters here.
+    pub fn dlq(&self) -> &DlqHandle {
+        &self.inner.dlq
+    }
+
     /// Registers saga definitions and starts the bus's saga coordinator
     /// (once per bus).
     pub fn sagas(&self) -> SagasBuilder {
@@ -273,6 +289,10 @@ impl Bus {
     /// The saga coordinator, once [`sagas`](Self::sagas) started it.
     pub fn saga_coordinator(&self) -> Option<&SagaCoordinatorHandle> {
         self.inner.sagas.get()
+    }
+
+    pub(crate) fn queues(&self) -> &Registry {
+        &self.inner.queues
     }
 
     pub(crate) fn claim_sagas(&self) -> bool {

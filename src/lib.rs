@@ -56,6 +56,7 @@ pub mod config;
 #[cfg(feature = "http")]
 pub mod gateway;
 mod jobs;
+mod queue;
 mod request;
 mod saga;
 mod telemetry;
@@ -69,5 +70,6 @@ pub use bus::{
     Bus, BusBuilder, BusError, ServiceBuilder, ServiceHandle, ShutdownReport, SupervisorBuilder, SupervisorHandle,
 };
 pub use jobs::{JobKindBuilder, Jobs};
+pub use queue::QueueBuilder;
 pub use request::RequestBuilder;
 pub use saga::SagasBuilder;

@@ -66,6 +66,7 @@ impl SagasBuilder {
         if !bus.claim_sagas() {
             return Err(SagaError::AlreadyStarted);
         }
+        inner = inner.dead_letters(bus.dlq().clone());
         if let (false, Some(dir)) = (inner.has_log(), bus.data_dir()) {
             inner = inner.log(Arc::new(EventStoreSagaLog::open(&DataDir::new(dir))?));
         }

@@ -275,6 +275,28 @@ fn a_compensation_that_always_fails_leaves_the_saga_needing_attention() {
         };
         assert_eq!(metric("needs_attention"), 1.0);
         assert_eq!(metric("compensated"), 0.0);
+
+        // And it is dead-lettered with its history: one step failure, then
+        // the four failed compensation attempts.
+        let letters =
+            bus.dlq().list(actorbus::actors::dlq::DlqFilter::default().source("saga", "stuck")).await.unwrap();
+        assert_eq!(letters.len(), 1);
+        let letter = &letters[0];
+        assert_eq!(letter.reason.code(), "failed");
+        assert_eq!(letter.envelope["id"], outcome.id.to_string());
+        assert_eq!(letter.envelope["data"]["done"], serde_json::json!(["first", "refundable"]));
+        let errors: Vec<(u32, &str)> = letter.errors.iter().map(|e| (e.attempt, e.reason.as_str())).collect();
+        assert_eq!(
+            errors,
+            [
+                (1, "declined"),
+                (1, "refund service down"),
+                (2, "refund service down"),
+                (3, "refund service down"),
+                (4, "refund service down")
+            ]
+        );
+        assert_eq!(letter.attempts, 4);
     });
 }
 

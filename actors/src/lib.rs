@@ -24,16 +24,25 @@
 //! - [`event_store`]: event sourcing: the event store actor with group
 //!   commit, catch-up subscriptions, aggregates, snapshots and projections.
 //! - [`saga`]: sagas with compensations, a durable log and recovery.
+//! - [`queue`]: point-to-point queues with acks, retries, visibility
+//!   timeouts, priorities and partition keys.
+//! - [`pool`]: competing consumers: supervised worker pools on a queue,
+//!   autoscaled, async or blocking.
+//! - [`dlq`]: the dead letter queue: entries with history, filters, purge
+//!   and redrive.
 //!
 //! More are added beside them as the patterns land.
 
 pub mod backpressure;
 pub mod deadline;
+pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod event_store;
 pub mod jobs;
 pub mod metrics;
+pub mod pool;
+pub mod queue;
 pub mod registry;
 pub mod request_reply;
 pub mod saga;

@@ -92,6 +92,63 @@ pub const EVENT_STORE_EVENTS_REPLAYED: &str = "actorbus_event_store_replayed_eve
 /// The global position up to which a projection's checkpoint is saved.
 pub const EVENT_STORE_PROJECTION_CHECKPOINT: &str = "actorbus_event_store_projection_checkpoint_position";
 
+/// Label: the pattern a dead letter came from (`queue`, `saga`, …).
+pub const LABEL_PATTERN: &str = "pattern";
+
+/// Counter: entries stored in the dead letter queue, by source pattern, source
+/// name and reason code.
+pub const DLQ_DEAD_LETTERED: &str = "actorbus_dlq_dead_lettered_total";
+/// Gauge: entries in the dead letter queue.
+pub const DLQ_DEPTH: &str = "actorbus_dlq_depth_messages";
+/// Counter: entries redriven (sent back and removed), by target pattern and name.
+pub const DLQ_REDRIVEN: &str = "actorbus_dlq_redriven_total";
+/// Counter: entries purged.
+pub const DLQ_PURGED: &str = "actorbus_dlq_purged_total";
+/// Counter: entries discarded by a full in-memory DLQ (oldest first).
+pub const DLQ_EVICTED: &str = "actorbus_dlq_evicted_total";
+
+/// Label: an overflow policy (`drop_oldest`, `drop_newest`, …).
+pub const LABEL_POLICY: &str = "policy";
+
+/// Counter: messages accepted into a queue, by queue.
+pub const QUEUE_ENQUEUED: &str = "actorbus_queue_enqueued_total";
+/// Counter: deliveries made (first deliveries and redeliveries), by queue.
+pub const QUEUE_DELIVERED: &str = "actorbus_queue_delivered_total";
+/// Counter: messages acked, by queue.
+pub const QUEUE_ACKED: &str = "actorbus_queue_acked_total";
+/// Counter: deliveries nacked by consumers, by queue.
+pub const QUEUE_NACKED: &str = "actorbus_queue_nacked_total";
+/// Counter: failed deliveries given another attempt, by queue.
+pub const QUEUE_REDELIVERED: &str = "actorbus_queue_redelivered_total";
+/// Counter: deliveries that passed their visibility timeout, by queue.
+pub const QUEUE_VISIBILITY_TIMEOUTS: &str = "actorbus_queue_visibility_timeouts_total";
+/// Counter: messages whose deadline passed before a handler got them, by queue.
+pub const QUEUE_EXPIRED: &str = "actorbus_queue_expired_total";
+/// Counter: messages a queue stored in the DLQ, by queue and reason code.
+pub const QUEUE_DEAD_LETTERED: &str = "actorbus_queue_dead_lettered_total";
+/// Counter: messages dropped by an overflow policy, by queue and policy.
+pub const QUEUE_DROPPED: &str = "actorbus_queue_dropped_total";
+/// Counter: sends refused because the queue was full (`reject`), by queue.
+pub const QUEUE_REJECTED: &str = "actorbus_queue_rejected_total";
+/// Counter: acks and nacks that came after their delivery timed out, by queue.
+pub const QUEUE_STALE_SETTLES: &str = "actorbus_queue_stale_settles_total";
+/// Counter: dead letters the DLQ failed to store, by queue.
+pub const QUEUE_DLQ_FAILURES: &str = "actorbus_queue_dlq_failures_total";
+/// Gauge: messages waiting in a queue (ready or delayed), by queue.
+pub const QUEUE_DEPTH: &str = "actorbus_queue_depth_messages";
+/// Gauge: deliveries not settled yet, by queue.
+pub const QUEUE_IN_FLIGHT: &str = "actorbus_queue_in_flight_messages";
+/// Histogram (sampled): time from enqueue to delivery, by queue.
+pub const QUEUE_TIME_IN_QUEUE: &str = "actorbus_queue_time_in_queue_seconds";
+/// Histogram (sampled): time from delivery to ack, by queue.
+pub const QUEUE_HANDLER_LATENCY: &str = "actorbus_queue_handler_latency_seconds";
+
+/// Gauge: workers running in a consumer pool, by pool.
+pub const POOL_WORKERS: &str = "actorbus_pool_workers_workers";
+/// Counter: deliveries a pool's handlers finished, by pool and outcome
+/// (`ok`, `error`, `panic`, `timeout`).
+pub const POOL_HANDLED: &str = "actorbus_pool_handled_total";
+
 /// Registers help text and units for every metric, so exporters print them.
 /// Call once after installing a recorder.
 pub fn describe() {
@@ -135,4 +192,27 @@ pub fn describe() {
     describe_gauge!(SAGA_RUNNING, Unit::Count, "Sagas running now, by saga.");
     describe_histogram!(SAGA_STEP_LATENCY, Unit::Seconds, "Time one attempt of a saga step or compensation took.");
     describe_counter!(SAGA_RECOVERED, Unit::Count, "Unfinished sagas resumed from the saga log at start.");
+    describe_counter!(DLQ_DEAD_LETTERED, Unit::Count, "Dead letters stored, by source and reason.");
+    describe_gauge!(DLQ_DEPTH, Unit::Count, "Entries in the dead letter queue.");
+    describe_counter!(DLQ_REDRIVEN, Unit::Count, "Dead letters redriven, by target.");
+    describe_counter!(DLQ_PURGED, Unit::Count, "Dead letters purged.");
+    describe_counter!(DLQ_EVICTED, Unit::Count, "Dead letters discarded by a full in-memory DLQ.");
+    describe_counter!(QUEUE_ENQUEUED, Unit::Count, "Messages accepted into a queue.");
+    describe_counter!(QUEUE_DELIVERED, Unit::Count, "Queue deliveries made, redeliveries included.");
+    describe_counter!(QUEUE_ACKED, Unit::Count, "Queue messages acked.");
+    describe_counter!(QUEUE_NACKED, Unit::Count, "Queue deliveries nacked by consumers.");
+    describe_counter!(QUEUE_REDELIVERED, Unit::Count, "Failed queue deliveries given another attempt.");
+    describe_counter!(QUEUE_VISIBILITY_TIMEOUTS, Unit::Count, "Queue deliveries that passed their visibility timeout.");
+    describe_counter!(QUEUE_EXPIRED, Unit::Count, "Queue messages whose deadline passed before a handler got them.");
+    describe_counter!(QUEUE_DEAD_LETTERED, Unit::Count, "Queue messages stored in the DLQ, by reason.");
+    describe_counter!(QUEUE_DROPPED, Unit::Count, "Queue messages dropped by an overflow policy.");
+    describe_counter!(QUEUE_REJECTED, Unit::Count, "Sends refused because the queue was full.");
+    describe_counter!(QUEUE_STALE_SETTLES, Unit::Count, "Acks and nacks that came after their delivery timed out.");
+    describe_counter!(QUEUE_DLQ_FAILURES, Unit::Count, "Dead letters the DLQ failed to store.");
+    describe_gauge!(QUEUE_DEPTH, Unit::Count, "Messages waiting in a queue.");
+    describe_gauge!(QUEUE_IN_FLIGHT, Unit::Count, "Queue deliveries not settled yet.");
+    describe_histogram!(QUEUE_TIME_IN_QUEUE, Unit::Seconds, "Time from enqueue to delivery (sampled).");
+    describe_histogram!(QUEUE_HANDLER_LATENCY, Unit::Seconds, "Time from delivery to ack (sampled).");
+    describe_gauge!(POOL_WORKERS, Unit::Count, "Workers running in a consumer pool.");
+    describe_counter!(POOL_HANDLED, Unit::Count, "Deliveries a consumer pool's handlers finished, by outcome.");
 }

@@ -14,7 +14,9 @@ use super::definition::{Definition, SagaDefinition};
 use super::log::{LogEntry, MemorySagaLog, SagaLog};
 use super::runner::{Finished, Runner};
 use super::{Replay, SagaData, SagaId, SagaRecord, SagaStatus};
+use crate::dlq::{DeadLetter, DlqHandle, DlqSource, FailureRecord};
 use crate::envelope::Timestamp;
+use crate::error::FailureReason;
 use crate::metrics as m;
 use crate::store::StoreError;
 
@@ -194,6 +196,7 @@ impl SagaMetrics {
 /// actor's job is to place those tasks on its arbiter, whoever starts them.
 pub struct SagaCoordinator {
     log: Arc<dyn SagaLog>,
+    dead_letters: Option<DlqHandle>,
 }
 
 impl SagaCoordinator {
@@ -206,6 +209,7 @@ impl SagaCoordinator {
             problems: Vec::new(),
             max_running: 10_000,
             arbiter: None,
+            dead_letters: None,
         }
     }
 }
@@ -233,8 +237,10 @@ impl Handler<Launch> for SagaCoordinator {
 
     fn handle(&mut self, launch: Launch, _: &mut Context<Self>) {
         let log = self.log.clone();
+        let dead_letters = self.dead_letters.clone();
         actix_rt::spawn(async move {
             let Launch { runner, permit, started, done } = launch;
+            let (id, name) = (runner.id, runner.saga.definition.name.clone());
             let metrics = runner.saga.clone();
             let metrics = &metrics.metrics;
             if let Some((entry, ack)) = started {
@@ -251,12 +257,37 @@ impl Handler<Launch> for SagaCoordinator {
             metrics.running.decrement(1.0);
             if let Ok(finished) = &result {
                 metrics.ended(finished.status);
+                if let (SagaStatus::NeedsAttention, Some(dlq)) = (finished.status, &dead_letters) {
+                    dead_letter(dlq, &*log, id, &name, finished).await;
+                }
             }
             drop(permit);
             if let Some(done) = done {
                 let _ = done.send(result);
             }
         });
+    }
+}
+
+/// Dead-letters a saga that needs attention, with its whole history and
+/// every failed attempt, so an operator finds it beside failed messages. The
+/// saga itself stays `needs_attention` in the log either way.
+async fn dead_letter(dlq: &DlqHandle, log: &dyn SagaLog, id: SagaId, name: &str, finished: &Finished) {
+    let history = log.history(id).await.unwrap_or_default();
+    let errors = history
+        .iter()
+        .filter_map(|e| match &e.record {
+            SagaRecord::StepFailed { attempt, error, .. } | SagaRecord::CompensationFailed { attempt, error, .. } => {
+                Some(FailureRecord { at: e.at, attempt: *attempt, reason: error.clone() })
+            }
+            _ => None,
+        })
+        .collect();
+    let reason = finished.error.clone().unwrap_or_else(|| "needs attention".into());
+    let saga = serde_json::json!({ "id": id, "saga": name, "data": finished.data, "history": history });
+    let letter = DeadLetter::new(DlqSource::new("saga", name), FailureReason::Failed(reason), &saga, errors);
+    if let Err(e) = dlq.dead_letter(letter).await {
+        tracing::error!(saga = %id, error = %e, "could not dead-letter a saga that needs attention; it stays in the saga log");
     }
 }
 
@@ -268,9 +299,18 @@ pub struct SagaCoordinatorBuilder {
     problems: Vec<String>,
     max_running: usize,
     arbiter: Option<ArbiterHandle>,
+    dead_letters: Option<DlqHandle>,
 }
 
 impl SagaCoordinatorBuilder {
+    /// Dead-letters every saga that ends `needs_attention` to `dlq` (source
+    /// `saga`/its definition's name, the saga's data and history as the
+    /// envelope, each failed attempt in the error history).
+    pub fn dead_letters(mut self, dlq: DlqHandle) -> Self {
+        self.dead_letters = Some(dlq);
+        self
+    }
+
     /// Registers a saga definition (checked at [`start`](Self::start)).
     pub fn definition<D: Serialize + DeserializeOwned + 'static>(mut self, saga: SagaDefinition<D>) -> Self {
         // A malformed definition is reported by `start`, so that building
@@ -333,10 +373,12 @@ impl SagaCoordinatorBuilder {
         }
         let log = self.log.unwrap_or_else(|| Arc::new(MemorySagaLog::default()));
         let unfinished = log.unfinished().await?;
-        let actor_log = log.clone();
+        let (actor_log, dead_letters) = (log.clone(), self.dead_letters.clone());
         let addr = match &self.arbiter {
-            Some(arbiter) => SagaCoordinator::start_in_arbiter(arbiter, move |_| SagaCoordinator { log: actor_log }),
-            None => SagaCoordinator { log: actor_log }.start(),
+            Some(arbiter) => {
+                SagaCoordinator::start_in_arbiter(arbiter, move |_| SagaCoordinator { log: actor_log, dead_letters })
+            }
+            None => SagaCoordinator { log: actor_log, dead_letters }.start(),
         };
         let mut handle = SagaCoordinatorHandle {
             inner: Arc::new(Shared {
