@@ -58,7 +58,9 @@ pub mod gateway;
 mod jobs;
 mod request;
 mod saga;
+mod scatter;
 mod telemetry;
+mod topic;
 
 pub use actorbus_actors::backpressure::OverflowPolicy;
 pub use actorbus_actors::envelope::{Envelope, Headers, MessageId, Priority, Timestamp};
@@ -71,3 +73,5 @@ pub use bus::{
 pub use jobs::{JobKindBuilder, Jobs};
 pub use request::RequestBuilder;
 pub use saga::SagasBuilder;
+pub use scatter::Scatter;
+pub use topic::SubscribeBuilder;
