@@ -253,7 +253,13 @@ impl<Q: Clone + Send + 'static, A: Send + 'static> Gather<Q, A> {
             }
             match deadline::within(deadline, pending.next()).await {
                 Err(deadline::Elapsed) => break CompletedBy::Timeout,
-                Ok(None) => break CompletedBy::All,
+                // Only recipients whose own requests timed out are left.
+                Ok(None) => break CompletedBy::Timeout,
+                Ok(Some((_, Err(FailureReason::Timeout)))) => {
+                    // The recipient's request ran out of time (the gather's
+                    // deadline, or the recipient's own): it is missing, not
+                    // failed.
+                }
                 Ok(Some((i, Ok(answer)))) => {
                     answered[i] = true;
                     acc = fold(acc, &names[i], answer);

@@ -27,6 +27,7 @@
 //! recipients that replied, that had not answered (**missing**) and that
 //! **failed** with their reason (a handler error, a panic caught by the
 //! service's panic boundary, an unavailable service, a full subscription).
+//! A recipient whose own request timed out counts as missing, not failed.
 //! Failures never count towards first N or quorum; if too many fail for a
 //! condition to be reachable, the gather ends when the others have all
 //! answered (**all**) or at the timeout.
