@@ -204,13 +204,13 @@ pub struct Ticket {
 pub enum ClaimError {
     /// Nothing is stored under the ticket (released, purged, swept, or
     /// never checked in here).
-    #[error("claim check: no payload for ticket {0}")]
+    #[error("no payload for ticket {0}")]
     NotFound(TicketId),
     /// The ticket's expiry passed; the payload is deleted.
-    #[error("claim check: ticket {0} expired")]
+    #[error("ticket {0} expired")]
     Expired(TicketId),
     /// What the store returned is not what was checked in.
-    #[error("claim check: payload of ticket {id} fails verification (expected {expected_size} bytes sha256 {expected}, got {actual_size} bytes sha256 {actual})")]
+    #[error("payload of ticket {id} fails verification (expected {expected_size} bytes sha256 {expected}, got {actual_size} bytes sha256 {actual})")]
     DigestMismatch {
         /// The ticket.
         id: TicketId,

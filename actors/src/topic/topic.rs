@@ -87,6 +87,10 @@ impl<T: Serialize + DeserializeOwned> TopicConfig<T> {
     /// publish, with one reference per matching subscription, and claimed
     /// (verified, released) when each subscriber takes the message.
     /// Subscribers only ever see the payload.
+    ///
+    /// For byte payloads prefer `bytes::Bytes` (or `serde_bytes`) over
+    /// `Vec<u8>`: serde encodes a `Vec<u8>` element by element, which
+    /// costs more than the claim itself for multi-megabyte payloads.
     pub fn claim_check(mut self, claims: ClaimCheck, threshold_bytes: usize) -> Self {
         self.claim = Some(ClaimConfig {
             claims,
