@@ -477,7 +477,13 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
                 receipt.filtered += 1;
                 continue;
             }
-            self.deliver(sub, Item::Inline(envelope.clone()), &mut receipt, &mut rejected, &mut stale).await;
+            let offer = match sub.offer(Item::Inline(envelope.clone())) {
+                Offer::Full(item) => sub.offer_waiting(item).await,
+                offer => offer,
+            };
+            if let Some(item) = self.account(sub, offer, &mut receipt, &mut rejected, &mut stale) {
+                self.dead_letter(item, FailureReason::Overflow(sub.policy().to_string())).await;
+            }
         }
         self.finish(receipt, rejected, stale)
     }
@@ -517,24 +523,23 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
         let src = sh.checked_source.clone().unwrap_or_else(|| unreachable!("set with the claim config"));
         let mut rejected = 0;
         for sub in targets {
-            self.deliver(sub, Item::Checked(checked.clone(), src.clone()), &mut receipt, &mut rejected, &mut stale)
-                .await;
+            let offer = sub.offer_waiting(Item::Checked(checked.clone(), src.clone())).await;
+            if let Some(item) = self.account(sub, offer, &mut receipt, &mut rejected, &mut stale) {
+                self.dead_letter(item, FailureReason::Overflow(sub.policy().to_string())).await;
+            }
         }
         self.finish(receipt, rejected, stale)
     }
 
-    async fn deliver(
+    /// Counts what an offer did; gives back an item to dead-letter.
+    fn account(
         &self,
         sub: &SubCore<T>,
-        item: Item<T>,
+        offer: Offer<T>,
         receipt: &mut PublishReceipt,
         rejected: &mut usize,
         stale: &mut bool,
-    ) {
-        let mut offer = sub.offer(item);
-        if let Offer::Full(item) = offer {
-            offer = sub.offer_waiting(item).await;
-        }
+    ) -> Option<Item<T>> {
         let m = &self.shared.metrics;
         match offer {
             Offer::Accepted => receipt.delivered += 1,
@@ -554,7 +559,7 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
             Offer::DeadLetter(item) => {
                 receipt.dropped += 1;
                 sub.count_lost(1);
-                self.dead_letter(item, FailureReason::Overflow(sub.policy().to_string())).await;
+                return Some(item);
             }
             Offer::Rejected(item) => {
                 *rejected += 1;
@@ -568,6 +573,7 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
                 item.release();
             }
         }
+        None
     }
 
     fn finish(&self, receipt: PublishReceipt, rejected: usize, stale: bool) -> Result<PublishReceipt, PublishError> {
