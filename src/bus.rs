@@ -9,17 +9,20 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use actorbus_actors::backpressure::OverflowPolicy;
+use actorbus_actors::claim_check::ClaimCheck;
 use actorbus_actors::dlq::{DlqHandle, DlqSink};
 use actorbus_actors::event_store::{EventStore, EventStoreConfig, EventStoreHandle};
 use actorbus_actors::jobs::{JobTracker, JobTrackerConfig};
 use actorbus_actors::registry::{Lookup, NameTaken, Registry};
 use actorbus_actors::request_reply::{Control, Request, RequestError, Service, ServiceActor, ServiceRef, ServiceSpec};
 use actorbus_actors::saga::{SagaCoordinator, SagaCoordinatorHandle};
+use actorbus_actors::scatter_gather::{ScatterGather, ScatterGatherHandle};
 use actorbus_actors::store::{DataDir, StoreError};
 use actorbus_actors::supervision::{
     AddChild, Backoff, ChildLink, DuplicateChild, Intensity, Restart, Strategy, SupervisionEvent, Supervisor,
     SupervisorSpec,
 };
+use actorbus_actors::topic::Topics;
 use tokio::sync::broadcast;
 
 use crate::jobs::Jobs;
@@ -136,6 +139,10 @@ impl BusBuilder {
             Some(dir) => DlqSink::open(&DataDir::new(dir))?,
             None => DlqSink::in_memory(),
         };
+        let claims = match &self.data_dir {
+            Some(dir) => ClaimCheck::open(&DataDir::new(dir))?,
+            None => ClaimCheck::in_memory(),
+        };
         let (events, _) = broadcast::channel(1024);
         let root = Supervisor::start("root", self.root, None, events.clone());
         let workers = (0..self.workers).map(|_| Arbiter::new()).collect::<Vec<_>>();
@@ -157,6 +164,9 @@ impl BusBuilder {
                 data_dir: self.data_dir,
                 sagas_claimed: AtomicBool::new(false),
                 sagas: OnceLock::new(),
+                topics: Topics::new(),
+                scatter: ScatterGather::start_with(10_000),
+                claims,
             }),
         })
     }
@@ -186,6 +196,9 @@ struct Inner {
     data_dir: Option<PathBuf>,
     sagas_claimed: AtomicBool,
     sagas: OnceLock<SagaCoordinatorHandle>,
+    topics: Topics,
+    scatter: ScatterGatherHandle,
+    claims: ClaimCheck,
 }
 
 /// The runtime: owns the supervision tree, the registries and the worker
@@ -301,6 +314,32 @@ impl Bus {
 
     pub(crate) fn set_sagas(&self, handle: SagaCoordinatorHandle) {
         let _ = self.inner.sagas.set(handle);
+    }
+
+    /// Every topic and subscription of the bus; see [`Bus::topic`].
+    pub fn topics(&self) -> &Topics {
+        &self.inner.topics
+    }
+
+    /// The bus's claim-check store: `claims.sqlite3` in the data directory,
+    /// or in memory.
+    pub fn claim_check(&self) -> &ClaimCheck {
+        &self.inner.claims
+    }
+
+    pub(crate) fn scatter_runner(&self) -> &ScatterGatherHandle {
+        &self.inner.scatter
+    }
+
+    pub(crate) fn service_ref<R: Request>(&self, name: &str) -> Result<Arc<ServiceRef<R>>, RequestError> {
+        self.inner.services.get::<ServiceRef<R>>(name).map_err(|e| match e {
+            Lookup::Unknown => RequestError::UnknownService(name.to_owned()),
+            Lookup::WrongType => RequestError::WrongRequestType(name.to_owned()),
+        })
+    }
+
+    pub(crate) fn default_timeout(&self) -> Duration {
+        self.inner.default_timeout
     }
 
     /// Where persistent state lives (`None`: in memory).

@@ -59,7 +59,9 @@ mod jobs;
 mod queue;
 mod request;
 mod saga;
+mod scatter;
 mod telemetry;
+mod topic;
 
 pub use actorbus_actors::backpressure::OverflowPolicy;
 pub use actorbus_actors::envelope::{Envelope, Headers, MessageId, Priority, Timestamp};
@@ -73,3 +75,5 @@ pub use jobs::{JobKindBuilder, Jobs};
 pub use queue::QueueBuilder;
 pub use request::RequestBuilder;
 pub use saga::SagasBuilder;
+pub use scatter::Scatter;
+pub use topic::SubscribeBuilder;

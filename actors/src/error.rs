@@ -26,11 +26,14 @@ pub enum FailureReason {
     MaxDeliveries,
     /// The runtime shut down before the message was handled.
     Shutdown,
+    /// A claim-check payload could not be claimed (missing, expired or
+    /// tampered with); the detail says which.
+    ClaimCheck(String),
 }
 
 impl FailureReason {
     /// The reason's kind: `panic`, `failed`, `expired`, `timeout`, `overflow`,
-    /// `max_deliveries` or `shutdown`.
+    /// `max_deliveries`, `shutdown` or `claim_check`.
     pub fn code(&self) -> &'static str {
         match self {
             FailureReason::Panic(_) => "panic",
@@ -40,6 +43,7 @@ impl FailureReason {
             FailureReason::Overflow(_) => "overflow",
             FailureReason::MaxDeliveries => "max_deliveries",
             FailureReason::Shutdown => "shutdown",
+            FailureReason::ClaimCheck(_) => "claim_check",
         }
     }
 }
@@ -47,7 +51,10 @@ impl FailureReason {
 impl fmt::Display for FailureReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FailureReason::Panic(m) | FailureReason::Failed(m) | FailureReason::Overflow(m) => {
+            FailureReason::Panic(m)
+            | FailureReason::Failed(m)
+            | FailureReason::Overflow(m)
+            | FailureReason::ClaimCheck(m) => {
                 write!(f, "{}: {m}", self.code())
             }
             _ => f.write_str(self.code()),

@@ -14,6 +14,8 @@
 //! - [`backpressure`]: bounded buffers and overflow policies.
 //! - [`deadline`]: cheap timeouts for many in-flight requests.
 //! - [`metrics`]: every metric name in one place.
+//! - [`dead_letter`]: the hook through which patterns hand over what they
+//!   give up on (wired to the dead letter queue once it lands).
 //! - [`store`]: the data directory, schema migrations and storage backends
 //!   (SQLite, in-memory) that persistent patterns build on.
 //!
@@ -30,10 +32,17 @@
 //!   autoscaled, async or blocking.
 //! - [`dlq`]: the dead letter queue: entries with history, filters, purge
 //!   and redrive.
+//! - [`topic`]: publish-subscribe with wildcards, bounded subscriptions and
+//!   overflow policies.
+//! - [`scatter_gather`]: fan-out/fan-in with completion by all, first N,
+//!   quorum, predicate or timeout.
+//! - [`claim_check`]: large payloads parked in a store, tickets in their place.
 //!
 //! More are added beside them as the patterns land.
 
 pub mod backpressure;
+pub mod claim_check;
+pub mod dead_letter;
 pub mod deadline;
 pub mod dlq;
 pub mod envelope;
@@ -46,5 +55,7 @@ pub mod queue;
 pub mod registry;
 pub mod request_reply;
 pub mod saga;
+pub mod scatter_gather;
 pub mod store;
 pub mod supervision;
+pub mod topic;

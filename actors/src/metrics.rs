@@ -148,6 +148,63 @@ pub const POOL_WORKERS: &str = "actorbus_pool_workers_workers";
 /// Counter: deliveries a pool's handlers finished, by pool and outcome
 /// (`ok`, `error`, `panic`, `timeout`).
 pub const POOL_HANDLED: &str = "actorbus_pool_handled_total";
+/// Label: what completed a scatter-gather (`all`, `first_n`, `quorum`,
+/// `predicate`, `timeout`).
+pub const LABEL_COMPLETED_BY: &str = "completed_by";
+
+/// Counter: messages published to a topic, by topic.
+pub const TOPIC_PUBLISHED: &str = "actorbus_topic_published_total";
+/// Counter: messages accepted into a subscription's buffer, by topic.
+pub const TOPIC_DELIVERIES: &str = "actorbus_topic_deliveries_total";
+/// Counter: messages a subscription's filter turned away, by topic.
+pub const TOPIC_FILTERED: &str = "actorbus_topic_filtered_total";
+/// Counter: messages a subscription lost, by topic and reason (`drop_oldest`,
+/// `drop_newest`, `dead_letter`, `reject`, `claim_check`, `closed`).
+pub const TOPIC_DROPPED: &str = "actorbus_topic_dropped_total";
+/// Counter: messages published while no subscription matched, by topic.
+pub const TOPIC_UNROUTED: &str = "actorbus_topic_unrouted_total";
+/// Counter: messages handed to durable subscription sinks, by topic.
+pub const TOPIC_DURABLE_FORWARDED: &str = "actorbus_topic_durable_forwarded_total";
+/// Gauge: subscriptions attached to a topic, by topic.
+pub const TOPIC_SUBSCRIPTIONS: &str = "actorbus_topic_subscriptions_active";
+/// Counter: subscriptions removed from a topic, by topic and reason
+/// (`unsubscribed`, `subscriber_dead`).
+pub const TOPIC_SUBSCRIPTIONS_REMOVED: &str = "actorbus_topic_subscriptions_removed_total";
+/// Counter: payloads a topic sent as claim-check tickets, by topic.
+pub const TOPIC_CLAIM_CHECKED: &str = "actorbus_topic_claim_checked_total";
+
+/// Counter: scatter-gathers completed, by name and cause (label
+/// `completed_by`): the aggregator completions of DESIGN §5.
+pub const SCATTER_COMPLETED: &str = "actorbus_scatter_gather_completed_total";
+/// Counter: replies folded into an aggregate or recorded as failures, by
+/// name and outcome (`ok`, `failed`).
+pub const SCATTER_REPLIES: &str = "actorbus_scatter_gather_replies_total";
+/// Counter: replies that arrived after their gather completed (dropped).
+pub const SCATTER_LATE_REPLIES: &str = "actorbus_scatter_gather_late_replies_total";
+/// Counter: recipients that had not answered when their gather completed.
+pub const SCATTER_MISSING: &str = "actorbus_scatter_gather_missing_total";
+/// Counter: gathers that timed out and were handed to the dead letter hook.
+pub const SCATTER_DEAD_LETTERED: &str = "actorbus_scatter_gather_dead_lettered_total";
+/// Histogram: time from scatter to completion.
+pub const SCATTER_LATENCY: &str = "actorbus_scatter_gather_latency_seconds";
+/// Gauge: gathers running now.
+pub const SCATTER_RUNNING: &str = "actorbus_scatter_gather_running_gathers";
+
+/// Counter: payloads checked in to a claim-check store, by store.
+pub const CLAIM_CHECK_CHECKED_IN: &str = "actorbus_claim_check_checked_in_total";
+/// Counter: bytes checked in to a claim-check store.
+pub const CLAIM_CHECK_CHECKED_IN_BYTES: &str = "actorbus_claim_check_checked_in_bytes_total";
+/// Counter: claims, by store and outcome (`ok`, `not_found`, `expired`,
+/// `digest_mismatch`, `store_error`).
+pub const CLAIM_CHECK_CLAIMS: &str = "actorbus_claim_check_claims_total";
+/// Counter: payloads freed by their last release or a delete.
+pub const CLAIM_CHECK_FREED: &str = "actorbus_claim_check_freed_total";
+/// Counter: payloads deleted at expiry.
+pub const CLAIM_CHECK_EXPIRED: &str = "actorbus_claim_check_expired_total";
+/// Gauge: bytes stored in a claim-check store.
+pub const CLAIM_CHECK_STORED_BYTES: &str = "actorbus_claim_check_stored_bytes";
+/// Gauge: payloads stored in a claim-check store.
+pub const CLAIM_CHECK_STORED_PAYLOADS: &str = "actorbus_claim_check_stored_payloads";
 
 /// Registers help text and units for every metric, so exporters print them.
 /// Call once after installing a recorder.
@@ -215,4 +272,27 @@ pub fn describe() {
     describe_histogram!(QUEUE_HANDLER_LATENCY, Unit::Seconds, "Time from delivery to ack (sampled).");
     describe_gauge!(POOL_WORKERS, Unit::Count, "Workers running in a consumer pool.");
     describe_counter!(POOL_HANDLED, Unit::Count, "Deliveries a consumer pool's handlers finished, by outcome.");
+    describe_counter!(TOPIC_PUBLISHED, Unit::Count, "Messages published to a topic.");
+    describe_counter!(TOPIC_DELIVERIES, Unit::Count, "Messages accepted into subscription buffers.");
+    describe_counter!(TOPIC_FILTERED, Unit::Count, "Messages turned away by subscription filters.");
+    describe_counter!(TOPIC_DROPPED, Unit::Count, "Messages a subscription lost, by reason.");
+    describe_counter!(TOPIC_UNROUTED, Unit::Count, "Messages published while no subscription matched.");
+    describe_counter!(TOPIC_DURABLE_FORWARDED, Unit::Count, "Messages handed to durable subscription sinks.");
+    describe_gauge!(TOPIC_SUBSCRIPTIONS, Unit::Count, "Subscriptions attached to a topic.");
+    describe_counter!(TOPIC_SUBSCRIPTIONS_REMOVED, Unit::Count, "Subscriptions removed from a topic, by reason.");
+    describe_counter!(TOPIC_CLAIM_CHECKED, Unit::Count, "Payloads a topic sent as claim-check tickets.");
+    describe_counter!(SCATTER_COMPLETED, Unit::Count, "Scatter-gathers completed, by cause.");
+    describe_counter!(SCATTER_REPLIES, Unit::Count, "Scatter-gather replies, by outcome.");
+    describe_counter!(SCATTER_LATE_REPLIES, Unit::Count, "Scatter-gather replies dropped for arriving late.");
+    describe_counter!(SCATTER_MISSING, Unit::Count, "Recipients missing when their gather completed.");
+    describe_counter!(SCATTER_DEAD_LETTERED, Unit::Count, "Timed-out gathers handed to the dead letter hook.");
+    describe_histogram!(SCATTER_LATENCY, Unit::Seconds, "Time from scatter to completion.");
+    describe_gauge!(SCATTER_RUNNING, Unit::Count, "Scatter-gathers running now.");
+    describe_counter!(CLAIM_CHECK_CHECKED_IN, Unit::Count, "Payloads checked in to a claim-check store.");
+    describe_counter!(CLAIM_CHECK_CHECKED_IN_BYTES, Unit::Bytes, "Bytes checked in to a claim-check store.");
+    describe_counter!(CLAIM_CHECK_CLAIMS, Unit::Count, "Claim-check claims, by outcome.");
+    describe_counter!(CLAIM_CHECK_FREED, Unit::Count, "Claim-check payloads freed by release or delete.");
+    describe_counter!(CLAIM_CHECK_EXPIRED, Unit::Count, "Claim-check payloads deleted at expiry.");
+    describe_gauge!(CLAIM_CHECK_STORED_BYTES, Unit::Bytes, "Bytes stored in a claim-check store.");
+    describe_gauge!(CLAIM_CHECK_STORED_PAYLOADS, Unit::Count, "Payloads stored in a claim-check store.");
 }

@@ -1,0 +1,94 @@
+//! Publish-subscribe on the bus: topics by name, subscriptions by pattern.
+
+use std::fmt;
+
+use actix::Recipient;
+use actorbus_actors::backpressure::OverflowPolicy;
+use actorbus_actors::envelope::Envelope;
+use actorbus_actors::topic::{
+    Published, Subscription, SubscriptionConfig, SubscriptionId, TopicConfig, TopicError, TopicHandle,
+};
+
+use crate::bus::Bus;
+
+impl Bus {
+    /// The topic `name` (a subject such as `orders.eu.created`), created
+    /// with the default configuration if missing.
+    ///
+    /// ```
+    /// use actorbus::{Bus, OverflowPolicy};
+    ///
+    /// actix::System::new().block_on(async {
+    ///     let bus = Bus::builder().build().unwrap();
+    ///     let mut eu = bus.subscribe::<String>("orders.eu.*").overflow(OverflowPolicy::DropOldest).start().unwrap();
+    ///     let created = bus.topic::<String>("orders.eu.created").unwrap();
+    ///     created.publish("order-1".to_owned()).await.unwrap();
+    ///     assert_eq!(eu.next().await.unwrap().payload, "order-1");
+    /// });
+    /// ```
+    pub fn topic<T: Clone + Send + Sync + 'static>(&self, name: &str) -> Result<TopicHandle<T>, TopicError> {
+        self.topics().topic(name)
+    }
+
+    /// Creates the topic `name` with `config` (claim check, dead letter
+    /// hook); an error when it exists.
+    pub fn create_topic<T: Clone + Send + Sync + 'static>(
+        &self,
+        name: &str,
+        config: TopicConfig<T>,
+    ) -> Result<TopicHandle<T>, TopicError> {
+        self.topics().create(name, config)
+    }
+
+    /// Prepares a subscription to every topic of payload type `T` whose name
+    /// matches `pattern` (`*` one token, `>` the rest), now and later.
+    pub fn subscribe<T: Clone + Send + Sync + 'static>(&self, pattern: &str) -> SubscribeBuilder<T> {
+        SubscribeBuilder { bus: self.clone(), pattern: pattern.to_owned(), config: SubscriptionConfig::default() }
+    }
+}
+
+/// A subscription being prepared; see [`Bus::subscribe`].
+#[must_use = "a subscription starts only with `start` or `recipient`"]
+pub struct SubscribeBuilder<T> {
+    bus: Bus,
+    pattern: String,
+    config: SubscriptionConfig<T>,
+}
+
+impl<T> fmt::Debug for SubscribeBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscribeBuilder").field("pattern", &self.pattern).field("config", &self.config).finish()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> SubscribeBuilder<T> {
+    /// Messages buffered for this subscriber, at most (default 1024).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.config = self.config.capacity(capacity);
+        self
+    }
+
+    /// What a full buffer does (default `block`: publishers wait).
+    pub fn overflow(mut self, overflow: OverflowPolicy) -> Self {
+        self.config = self.config.overflow(overflow);
+        self
+    }
+
+    /// Only messages `filter` accepts are buffered.
+    pub fn filter(mut self, filter: impl Fn(&Envelope<T>) -> bool + Send + Sync + 'static) -> Self {
+        self.config = self.config.filter(filter);
+        self
+    }
+
+    /// Starts the subscription; read it with `next().await`, drop it to
+    /// unsubscribe.
+    pub fn start(self) -> Result<Subscription<T>, TopicError> {
+        self.bus.topics().subscribe(&self.pattern, self.config)
+    }
+
+    /// Delivers to an actor, one [`Published`] message at a time; the
+    /// subscription ends when the actor stops.
+    pub fn recipient(self, recipient: Recipient<Published<T>>) -> Result<SubscriptionId, TopicError> {
+        self.bus.topics().subscribe_recipient(&self.pattern, recipient, self.config)
+    }
+}
