@@ -63,20 +63,20 @@ fn coordinator(system: &actix_rt::SystemRunner, log: Arc<dyn SagaLog>) -> Saga<O
     })
 }
 
-/// Runs `n` sagas, `BATCH` at a time, and returns how long they took.
-fn measure(system: &actix_rt::SystemRunner, saga: &Saga<Order>, n: u64) -> Duration {
+/// Runs `n` sagas (`run(i)` each, `BATCH` in flight at a time, each in a
+/// task of its own) and returns how long they took.
+fn measure<F, Fut>(system: &actix_rt::SystemRunner, n: u64, run: F) -> Duration
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     system.block_on(async move {
         let start = Instant::now();
         let mut done = 0;
         while done < n {
             let batch = BATCH.min(n - done);
-            let runs = (0..batch).map(|i| {
-                let saga = saga.clone();
-                actix_rt::spawn(async move { saga.run(order(done + i)).await })
-            });
-            for run in futures::future::join_all(runs).await {
-                let outcome = run.expect("task").expect("saga");
-                assert_eq!(outcome.status, SagaStatus::Completed);
+            for task in futures::future::join_all((0..batch).map(|i| actix_rt::spawn(run(done + i)))).await {
+                task.expect("task");
             }
             done += batch;
         }
@@ -93,37 +93,32 @@ fn sagas(c: &mut Criterion) {
     // Baseline: the same steps awaited in a task each, nothing logged.
     group.bench_function("plain_tasks_no_log", |b| {
         b.iter_custom(|n| {
-            system.block_on(async move {
-                let start = Instant::now();
-                let mut done = 0;
-                while done < n {
-                    let batch = BATCH.min(n - done);
-                    let runs = (0..batch).map(|i| {
-                        actix_rt::spawn(async move {
-                            let o = reserve(order(done + i)).await?;
-                            let o = charge(o).await?;
-                            ship(o).await
-                        })
-                    });
-                    for run in futures::future::join_all(runs).await {
-                        assert!(run.expect("task").expect("steps").shipped);
-                    }
-                    done += batch;
-                }
-                start.elapsed()
+            measure(&system, n, |i| async move {
+                let steps = async { ship(charge(reserve(order(i)).await?).await?).await };
+                assert!(steps.await.expect("steps").shipped);
             })
         })
     });
 
-    let memory = coordinator(&system, Arc::new(MemorySagaLog::default()));
-    group.bench_function("actorbus_memory_log", |b| b.iter_custom(|n| measure(&system, &memory, n)));
-
-    // On the same disk as the build, not a tmpfs /tmp where fsync is free.
+    // The durable log on the same disk as the build, not a tmpfs /tmp where
+    // fsync is free.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("bench dir");
-    let log: Arc<dyn SagaLog> =
+    let durable: Arc<dyn SagaLog> =
         Arc::new(system.block_on(async { EventStoreSagaLog::open(&DataDir::new(dir.path())) }).expect("durable log"));
-    let durable = coordinator(&system, log);
-    group.bench_function("actorbus_durable_log", |b| b.iter_custom(|n| measure(&system, &durable, n)));
+    for (name, log) in [
+        ("actorbus_memory_log", Arc::new(MemorySagaLog::default()) as Arc<dyn SagaLog>),
+        ("actorbus_durable_log", durable),
+    ] {
+        let saga = coordinator(&system, log);
+        group.bench_function(name, |b| {
+            b.iter_custom(|n| {
+                measure(&system, n, |i| {
+                    let saga = saga.clone();
+                    async move { assert_eq!(saga.run(order(i)).await.expect("saga").status, SagaStatus::Completed) }
+                })
+            })
+        });
+    }
     group.finish();
 }
 

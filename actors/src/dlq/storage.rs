@@ -161,6 +161,10 @@ fn ts(t: Timestamp) -> i64 {
 
 type Row = (Vec<u8>, Option<Vec<u8>>, String, String, String, i64, String, i64, i64, String);
 
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
+}
+
 fn decode(row: Row) -> Result<DeadLetter, StoreError> {
     let (id, message_id, pattern, name, reason, attempts, errors, first, last, envelope) = row;
     let uuid = |b: &[u8]| Uuid::from_slice(b).map(MessageId).map_err(|e| StoreError::Corrupt(format!("id: {e}")));
@@ -223,20 +227,7 @@ impl DlqStore for SqliteDlqStore {
         let row: Option<Row> = self
             .conn
             .prepare_cached(&format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?1"))?
-            .query_row([id.0.as_bytes().as_slice()], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                ))
-            })
+            .query_row([id.0.as_bytes().as_slice()], read_row)
             .optional()?;
         row.map(decode).transpose()
     }
@@ -247,20 +238,7 @@ impl DlqStore for SqliteDlqStore {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("SELECT {COLUMNS} FROM dead_letters WHERE {WHERE} ORDER BY id LIMIT ?7"))?;
-        let rows = stmt.query_map(params![p, n, r, from, to, after, limit], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-            ))
-        })?;
+        let rows = stmt.query_map(params![p, n, r, from, to, after, limit], read_row)?;
         let mut out = Vec::new();
         for row in rows {
             out.push(decode(row?)?);

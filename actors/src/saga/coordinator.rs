@@ -240,9 +240,8 @@ impl Handler<Launch> for SagaCoordinator {
         let dead_letters = self.dead_letters.clone();
         actix_rt::spawn(async move {
             let Launch { runner, permit, started, done } = launch;
-            let (id, name) = (runner.id, runner.saga.definition.name.clone());
-            let metrics = runner.saga.clone();
-            let metrics = &metrics.metrics;
+            let (id, saga) = (runner.id, runner.saga.clone());
+            let metrics = &saga.metrics;
             if let Some((entry, ack)) = started {
                 let written = log.append(runner.id, entry).await;
                 let failed = written.is_err();
@@ -258,7 +257,7 @@ impl Handler<Launch> for SagaCoordinator {
             if let Ok(finished) = &result {
                 metrics.ended(finished.status);
                 if let (SagaStatus::NeedsAttention, Some(dlq)) = (finished.status, &dead_letters) {
-                    dead_letter(dlq, &*log, id, &name, finished).await;
+                    dead_letter(dlq, &*log, id, &saga.definition.name, finished).await;
                 }
             }
             drop(permit);
