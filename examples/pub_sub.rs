@@ -10,7 +10,7 @@ use actix::prelude::*;
 use actorbus::actors::topic::Published;
 use actorbus::{Bus, Envelope, OverflowPolicy};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 struct Order {
     id: u32,
     total_cents: u64,

@@ -2,6 +2,7 @@
 //! folded into one result.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actorbus_actors::dead_letter::SharedHook;
@@ -142,10 +143,12 @@ impl<Q: Request<Response = A> + Clone, A: Send + 'static> Scatter<Q, A> {
 }
 
 impl<Q: Clone + Serialize + Send + 'static, A: Send + 'static> Scatter<Q, A> {
-    /// On completion by timeout, hands the request and the missing and
-    /// failed recipients to `hook` (reason `timeout`).
-    pub fn dead_letter_on_timeout(mut self, hook: SharedHook) -> Self {
-        self.gather = self.gather.dead_letter_on_timeout(hook);
+    /// On completion by timeout, dead-letters the request with the missing
+    /// and failed recipients to the bus's DLQ (source
+    /// `scatter_gather/<name>`, reason `timeout`).
+    pub fn dead_letter_on_timeout(mut self) -> Self {
+        let dlq: SharedHook = Arc::new(self.bus.dlq().clone());
+        self.gather = self.gather.dead_letter_on_timeout(dlq);
         self
     }
 }

@@ -1,19 +1,24 @@
 //! Publish-subscribe on the bus: topics by name, subscriptions by pattern.
 
 use std::fmt;
+use std::sync::Arc;
 
 use actix::Recipient;
 use actorbus_actors::backpressure::OverflowPolicy;
+use actorbus_actors::dead_letter::SharedHook;
 use actorbus_actors::envelope::Envelope;
 use actorbus_actors::topic::{
     Published, Subscription, SubscriptionConfig, SubscriptionId, TopicConfig, TopicError, TopicHandle,
 };
 
+use serde::Serialize;
+
 use crate::bus::Bus;
 
 impl Bus {
     /// The topic `name` (a subject such as `orders.eu.created`), created
-    /// with the default configuration if missing.
+    /// with the default configuration if missing (see
+    /// [`create_topic`](Self::create_topic)).
     ///
     /// ```
     /// use actorbus::{Bus, OverflowPolicy};
@@ -26,18 +31,30 @@ impl Bus {
     ///     assert_eq!(eu.next().await.unwrap().payload, "order-1");
     /// });
     /// ```
-    pub fn topic<T: Clone + Send + Sync + 'static>(&self, name: &str) -> Result<TopicHandle<T>, TopicError> {
-        self.topics().topic(name)
+    pub fn topic<T: Clone + Serialize + Send + Sync + 'static>(
+        &self,
+        name: &str,
+    ) -> Result<TopicHandle<T>, TopicError> {
+        match self.topics().get(name) {
+            Err(TopicError::Unknown(_)) => match self.create_topic(name, TopicConfig::new()) {
+                Err(TopicError::Exists(_)) => self.topics().get(name),
+                made => made,
+            },
+            found => found,
+        }
     }
 
     /// Creates the topic `name` with `config` (claim check, dead letter
-    /// hook); an error when it exists.
-    pub fn create_topic<T: Clone + Send + Sync + 'static>(
+    /// hook); an error when it exists. Messages the topic gives up on go to
+    /// the bus's DLQ (source `topic/<name>`) unless `config` names another
+    /// hook.
+    pub fn create_topic<T: Clone + Serialize + Send + Sync + 'static>(
         &self,
         name: &str,
         config: TopicConfig<T>,
     ) -> Result<TopicHandle<T>, TopicError> {
-        self.topics().create(name, config)
+        let dlq: SharedHook = Arc::new(self.dlq().clone());
+        self.topics().create(name, config.dead_letter_or(dlq))
     }
 
     /// Prepares a subscription to every topic of payload type `T` whose name

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actorbus::actors::dead_letter::{MemoryDeadLetters, SharedHook};
+use actorbus::actors::dlq::DlqFilter;
 use actorbus::actors::topic::{
     DurableError, DurableFuture, DurableSink, Pattern, PublishError, Published, TopicConfig,
 };
@@ -163,6 +164,22 @@ async fn overflow_policies_account_for_every_message() {
     assert_eq!(letters.len(), 6);
     assert!(letters.iter().all(|l| l.reason == FailureReason::Overflow("dead_letter".into()) && l.pattern == "topic"));
     assert_eq!(letters[0].envelope["payload"], 4, "the first message that did not fit");
+}
+
+#[actix_rt::test]
+async fn topics_made_by_the_bus_dead_letter_to_its_dlq() {
+    let bus = Bus::builder().build().unwrap();
+    let topic = bus.topic::<u32>("audit.flood").unwrap();
+    let dead = bus.subscribe::<u32>("audit.*").capacity(2).overflow(OverflowPolicy::DeadLetter).start().unwrap();
+    for i in 0..5 {
+        topic.publish(i).await.unwrap();
+    }
+    assert_eq!(dead.stats().buffered, 2);
+    let letters = bus.dlq().list(DlqFilter::default().source("topic", "audit.flood")).await.unwrap();
+    let payloads: Vec<_> = letters.iter().map(|l| l.envelope["payload"].clone()).collect();
+    assert_eq!(payloads, [2, 3, 4].map(serde_json::Value::from));
+    assert!(letters.iter().all(|l| l.reason == FailureReason::Overflow("dead_letter".into()) && l.attempts == 1));
+    assert_eq!(bus.dlq().len().await.unwrap(), 3);
 }
 
 #[actix_rt::test]

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actorbus::actors::dead_letter::{MemoryDeadLetters, SharedHook};
+use actorbus::actors::dlq::{DlqFilter, DlqSource};
 use actorbus::actors::scatter_gather::{Aggregator, CompletedBy, GatherResult, TopicRequest};
 use actorbus::{service_fn, Bus, FailureReason, HandlerError, Request};
 use common::metric;
@@ -169,24 +169,18 @@ async fn a_predicate_on_the_aggregate_completes_it() {
 #[actix_rt::test]
 async fn the_total_timeout_lists_the_slow_as_missing_and_can_dead_letter() {
     let f = fixture().await;
-    let dlq = MemoryDeadLetters::default();
-    let hook: SharedHook = Arc::new(dlq.clone());
-    let r = run(
-        &f,
-        "sg-timeout",
-        move |s| s.first(9).timeout(Duration::from_millis(150)).dead_letter_on_timeout(hook),
-        sum(),
-    )
-    .await;
+    let r =
+        run(&f, "sg-timeout", move |s| s.first(9).timeout(Duration::from_millis(150)).dead_letter_on_timeout(), sum())
+            .await;
     assert_eq!(r.completed_by, CompletedBy::Timeout);
     assert_eq!((r.aggregate, r.replied.len()), (7, 7));
     assert_eq!(set(&r.replied), FAST.iter().copied().collect());
     assert_eq!(r.missing, ["s1", "s2"]);
     check_failed(&r);
     assert!(r.dead_lettered);
-    let letters = dlq.take();
+    let letters = f.bus.dlq().list(DlqFilter::default()).await.unwrap();
     assert_eq!(letters.len(), 1);
-    assert_eq!((letters[0].pattern, letters[0].name.as_str()), ("scatter_gather", "sg-timeout"));
+    assert_eq!(letters[0].source, DlqSource::new("scatter_gather", "sg-timeout"));
     assert_eq!(letters[0].reason, FailureReason::Timeout);
     assert_eq!(letters[0].envelope["missing"], serde_json::json!(["s1", "s2"]));
     assert_eq!(letters[0].envelope["envelope"]["payload"], 7);

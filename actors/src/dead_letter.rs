@@ -2,17 +2,16 @@
 //!
 //! Topics (overflow under the `dead_letter` policy, a claim-check payload
 //! that cannot be claimed) and scatter-gather (an aggregator that times out)
-//! hand the messages they give up on to a [`DeadLetterHook`]. The hook is an
-//! optional trait object so that these patterns do not depend on the DLQ
-//! actor (DESIGN §6.7), which is built on its own branch.
+//! hand the messages they give up on to a [`DeadLetterHook`]. The hook is a
+//! trait object so that these patterns do not depend on the DLQ actor.
 //!
-//! **Pending wiring:** once the `dlq` module lands, `DlqHandle` implements
-//! this trait by turning each [`Undeliverable`] into a `DeadLetter` with
-//! source `(pattern, name)`, and the `Bus` installs it on every topic and
-//! scatter-gather by default. Until then a pattern without a hook counts
-//! what it would have dead-lettered (metrics with reason `dead_letter`) and
-//! logs a warning, and applications or tests can install their own hook,
-//! for example [`MemoryDeadLetters`].
+//! [`DlqHandle`](crate::dlq::DlqHandle) implements it: each
+//! [`Undeliverable`] becomes a [`DeadLetter`](crate::dlq::DeadLetter) with
+//! source `(pattern, name)`, and the `Bus` installs its DLQ on every topic it
+//! creates and on scatter-gathers that dead-letter on timeout. A pattern
+//! without a hook (built directly from this crate) counts what it would have
+//! dead-lettered (metrics with reason `dead_letter`) and logs a warning.
+//! [`MemoryDeadLetters`] is a hook for tests.
 //!
 //! ```
 //! use actorbus_actors::dead_letter::{DeadLetterHook, MemoryDeadLetters, Undeliverable};

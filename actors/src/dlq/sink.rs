@@ -10,8 +10,10 @@ use tokio::sync::oneshot;
 
 use super::storage::{DlqStore, MemoryDlqStore, SqliteDlqStore};
 use super::{
-    DeadLetter, DlqError, DlqFilter, DlqSelector, DlqSource, RedriveOptions, RedriveReport, RedriveTarget, RedriveTo,
+    DeadLetter, DlqError, DlqFilter, DlqSelector, DlqSource, FailureRecord, RedriveOptions, RedriveReport,
+    RedriveTarget, RedriveTo,
 };
+use crate::dead_letter::{DeadLetterHook, HookFuture, Undeliverable};
 use crate::envelope::MessageId;
 use crate::metrics as m;
 use crate::store::{DataDir, StoreError};
@@ -347,5 +349,18 @@ impl DlqHandle {
         let depth = self.len().await?;
         metrics::gauge!(m::DLQ_DEPTH).set(depth as f64);
         Ok(report)
+    }
+}
+
+/// The bus's DLQ is the hook every topic and scatter-gather hands its dead
+/// letters to: source `(pattern, name)`, one failure record carrying the
+/// reason at the last attempt.
+impl DeadLetterHook for DlqHandle {
+    fn dead_letter(&self, letter: Undeliverable) -> HookFuture {
+        let Undeliverable { pattern, name, reason, envelope, attempts } = letter;
+        let errors = vec![FailureRecord::now(attempts, &reason)];
+        let letter = DeadLetter::new(DlqSource::new(pattern, name), reason, &envelope, errors).with_attempts(attempts);
+        let dlq = self.clone();
+        Box::pin(async move { dlq.dead_letter(letter).await.map_err(|e| e.to_string()) })
     }
 }

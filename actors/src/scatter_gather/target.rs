@@ -92,6 +92,14 @@ impl<Q: Clone, A> Clone for TopicRequest<Q, A> {
     }
 }
 
+/// A topic request serializes as its request: the reply slot is a channel,
+/// not data. That is what a dead letter of a dropped request keeps.
+impl<Q: serde::Serialize, A> serde::Serialize for TopicRequest<Q, A> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.request.serialize(serializer)
+    }
+}
+
 impl<Q: fmt::Debug, A> fmt::Debug for TopicRequest<Q, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TopicRequest").field("request", &self.request).finish()

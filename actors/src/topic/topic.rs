@@ -109,13 +109,25 @@ impl<T: Serialize + DeserializeOwned> TopicConfig<T> {
         }
         self
     }
+}
 
+impl<T: Serialize> TopicConfig<T> {
     /// Where messages go that a subscription drops under the `dead_letter`
     /// policy, or that cannot be claimed. Without a hook they are counted
     /// (`actorbus_topic_dropped_total{reason="dead_letter"}`) and logged.
+    /// Topics made through the `Bus` get the bus's DLQ unless they set one.
     pub fn dead_letter(mut self, hook: SharedHook) -> Self {
         self.dead_letter = Some((hook, to_json::<T>));
         self
+    }
+
+    /// Sets `hook` unless a hook is set already.
+    pub fn dead_letter_or(self, hook: SharedHook) -> Self {
+        if self.dead_letter.is_some() {
+            self
+        } else {
+            self.dead_letter(hook)
+        }
     }
 }
 
