@@ -31,7 +31,17 @@ fn demo_runs_every_pattern_and_its_checks_pass() {
     );
     assert!(stdout.contains("ok   async jobs     60/60 jobs succeeded"), "{stdout}");
     assert!(stdout.contains("ok   event sourcing 576 appends by 64 writers"), "{stdout}");
+    for line in [
+        "ok   queues         600/600 processed by 4 workers, 6 redeliveries, 0 lost; priority order kept",
+        "ok   dead letters   2 dead-lettered (max_deliveries after 3 attempts, expired), 1 redriven and processed, 1 purged",
+        "ok   pub/sub        600 published; wildcards, a drop_oldest reader (584 dropped), a filter",
+        "ok   fan-out/fan-in all, 200 ms: timeout, first 2: first_n, quorum: quorum",
+        "ok   claim check    1 MiB stored once, claimed twice, freed by the last reader (0 left)",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
     assert!(dir.join("events.sqlite3").is_file(), "the event store lives in the data directory");
+    assert!(dir.join("dlq.sqlite3").is_file(), "so does the DLQ");
     let _ = std::fs::remove_dir_all(dir);
 }
 

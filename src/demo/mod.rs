@@ -16,6 +16,8 @@ use actorbus::{
 use futures::future::join_all;
 use tokio::sync::broadcast::error::TryRecvError;
 
+mod messaging;
+
 /// One line of the closing summary.
 struct Outcome {
     pattern: &'static str,
@@ -44,6 +46,11 @@ pub fn run(data_dir: &Path, messages: u32) -> Result<bool, Box<dyn std::error::E
             async_jobs(&bus, (messages / 10).clamp(10, 1_000)).await?,
             event_sourcing(&bus, messages.clamp(64, 20_000)).await?,
             sagas(&bus, messages.clamp(20, 2_000)).await?,
+            messaging::queues(&bus, messages.clamp(100, 100_000)).await?,
+            messaging::dead_letters(&bus).await?,
+            messaging::pub_sub(&bus, messages.clamp(10, 100_000)).await?,
+            messaging::fan_out(&bus).await?,
+            messaging::claim_check(&bus).await?,
         ];
         bus.shutdown(Duration::from_secs(2)).await;
         Ok::<_, Box<dyn std::error::Error>>(outcomes)
