@@ -178,6 +178,17 @@ impl<T> BoundedBuffer<T> {
     pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
         self.items.drain(..)
     }
+
+    /// Moves everything, oldest first, to the back of `into`: by swapping
+    /// the two queues when `into` is empty, so a consumer taking a whole
+    /// burst moves no item.
+    pub fn take_all(&mut self, into: &mut VecDeque<T>) {
+        if into.is_empty() {
+            std::mem::swap(&mut self.items, into);
+        } else {
+            into.extend(self.items.drain(..));
+        }
+    }
 }
 
 #[cfg(test)]

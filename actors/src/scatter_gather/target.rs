@@ -159,7 +159,7 @@ where
                     return Err(FailureReason::Failed("the subscription's filter refused the request".into()));
                 }
                 let refused = |reason: &str| Err(FailureReason::Overflow(reason.to_owned()));
-                match sub.offer_waiting(Item::Inline(env)).await {
+                match sub.offer_waiting(Item::Inline(Arc::new(env))).await {
                     Offer::Accepted => {}
                     Offer::Evicted(_) => {}
                     Offer::Closed(_) => return Err(FailureReason::Failed("the subscription closed".into())),

@@ -111,10 +111,13 @@ pub(crate) fn decode_postcard<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, St
     postcard::from_bytes(bytes).map_err(|e| e.to_string())
 }
 
-/// What a subscription buffers: the message, or a ticket for it.
+/// What a subscription buffers: the message, or a ticket for it. The rare
+/// ticket is boxed so that it does not make every inline message larger to
+/// move.
 pub(crate) enum Item<T> {
-    Inline(Envelope<T>),
-    Checked(Envelope<Ticket>, Arc<CheckedSource<T>>),
+    /// Shared by every subscription the publish reached.
+    Inline(Arc<Envelope<T>>),
+    Checked(Box<Envelope<Ticket>>, Arc<CheckedSource<T>>),
 }
 
 impl<T> Item<T> {
@@ -182,7 +185,6 @@ pub(crate) struct SubCore<T> {
     reason: AtomicU8,
     /// For subscribers that can die without closing (actors): false once dead.
     alive: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
-    received: AtomicU64,
     lost: AtomicU64,
 }
 
@@ -201,7 +203,6 @@ impl<T> SubCore<T> {
             closed: AtomicBool::new(false),
             reason: AtomicU8::new(CloseReason::Open as u8),
             alive: OnceLock::new(),
-            received: AtomicU64::new(0),
             lost: AtomicU64::new(0),
         }
     }
@@ -314,7 +315,7 @@ impl<T> SubCore<T> {
     fn poll_take(&self, local: &mut VecDeque<Item<T>>, cx: &mut Context<'_>) -> Poll<bool> {
         let mut st = self.lock();
         if !st.buf.is_empty() {
-            local.extend(st.buf.drain());
+            st.buf.take_all(local);
             let blocked = std::mem::take(&mut st.blocked);
             drop(st);
             blocked.into_iter().for_each(Waker::wake);
@@ -368,6 +369,8 @@ pub struct SubscriptionStats {
 pub struct Subscription<T> {
     core: Arc<SubCore<T>>,
     local: VecDeque<Item<T>>,
+    /// Only this end counts what it hands out: no shared write per message.
+    received: u64,
 }
 
 impl<T> fmt::Debug for Subscription<T> {
@@ -376,9 +379,9 @@ impl<T> fmt::Debug for Subscription<T> {
     }
 }
 
-impl<T: Send + 'static> Subscription<T> {
+impl<T: Clone + Send + 'static> Subscription<T> {
     pub(crate) fn new(core: Arc<SubCore<T>>) -> Self {
-        Subscription { core, local: VecDeque::new() }
+        Subscription { core, local: VecDeque::new(), received: 0 }
     }
 
     /// The subscription's id.
@@ -401,12 +404,15 @@ impl<T: Send + 'static> Subscription<T> {
             if let Some(item) = self.local.pop_front() {
                 match item {
                     Item::Inline(env) => {
-                        self.core.received.fetch_add(1, Ordering::Relaxed);
-                        return Some(env);
+                        self.received += 1;
+                        // The last subscription to take it takes it whole.
+                        return Some(Arc::try_unwrap(env).unwrap_or_else(|shared| (*shared).clone()));
                     }
-                    Item::Checked(env, src) => match resolve(env, &src).await {
+                    // Boxed: the claim's state would otherwise be part of
+                    // every `next` future, moved on each call.
+                    Item::Checked(env, src) => match Box::pin(resolve(*env, &src)).await {
                         Some(env) => {
-                            self.core.received.fetch_add(1, Ordering::Relaxed);
+                            self.received += 1;
                             return Some(env);
                         }
                         None => {
@@ -429,7 +435,7 @@ impl<T: Send + 'static> Subscription<T> {
         let (buffered, tickets) = self.core.buffered();
         let local_tickets = self.local.iter().filter(|i| matches!(i, Item::Checked(..))).count();
         SubscriptionStats {
-            received: self.core.received.load(Ordering::Relaxed),
+            received: self.received,
             lost: self.core.lost.load(Ordering::Relaxed),
             buffered: buffered + self.local.len(),
             buffered_tickets: tickets + local_tickets,
@@ -505,7 +511,7 @@ pub struct Published<T: 'static> {
 /// mailbox never holds more than one and the subscription's buffer (with its
 /// overflow policy) is where a slow actor's backlog waits. An actor that
 /// stopped ends the subscription.
-pub(crate) fn pump<T: Send + 'static>(mut sub: Subscription<T>, recipient: Recipient<Published<T>>) {
+pub(crate) fn pump<T: Clone + Send + 'static>(mut sub: Subscription<T>, recipient: Recipient<Published<T>>) {
     let watch = recipient.clone();
     sub.core.set_liveness(move || watch.connected());
     actix_rt::spawn(async move {

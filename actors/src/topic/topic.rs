@@ -131,6 +131,15 @@ impl<T: Serialize> TopicConfig<T> {
     }
 }
 
+/// What one publish did so far.
+struct Tally {
+    receipt: PublishReceipt,
+    /// Subscriptions that refused it (`reject`).
+    rejected: usize,
+    /// A subscription was found closed or dead: sweep.
+    stale: bool,
+}
+
 /// What a publish did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PublishReceipt {
@@ -461,43 +470,101 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
         let sh = &self.shared;
         sh.metrics.published.increment(1);
         let routes = sh.routes();
-        let mut receipt =
-            PublishReceipt { id: envelope.id, subscriptions: routes.subs.len(), ..PublishReceipt::default() };
+        let receipt = PublishReceipt { id: envelope.id, subscriptions: routes.subs.len(), ..PublishReceipt::default() };
+        let mut tally = Tally { receipt, rejected: 0, stale: false };
+        if envelope.is_expired() || !routes.durable.is_empty() || sh.config.claim.is_some() {
+            return Box::pin(self.publish_slow(envelope, routes, tally)).await;
+        }
+        // The common case never waits: fan out synchronously, and box the
+        // rest only when a subscription makes the publisher wait, so a
+        // publish future stays a few words instead of every awaited state.
+        // Subscriptions share one envelope: a buffer slot is a pointer, not
+        // a copy of the envelope, which keeps eight buffers in cache.
+        let envelope = Arc::new(envelope);
+        for (i, sub) in routes.subs.iter().enumerate() {
+            if let Some(offer) = self.offer_now(sub, &envelope, &mut tally) {
+                return Box::pin(self.fan_out(envelope, &routes, i, Some(offer), tally)).await;
+            }
+        }
+        self.finish(tally)
+    }
+
+    /// Publishing through an expired deadline, durable sinks or the claim
+    /// check.
+    async fn publish_slow(
+        &self,
+        envelope: Envelope<T>,
+        routes: Arc<Routes<T>>,
+        mut tally: Tally,
+    ) -> Result<PublishReceipt, PublishError> {
+        let sh = &self.shared;
         if envelope.is_expired() {
-            self.dead_letter(Item::Inline(envelope), FailureReason::Expired).await;
-            return Ok(receipt);
+            self.dead_letter(Item::Inline(Arc::new(envelope)), FailureReason::Expired).await;
+            return Ok(tally.receipt);
         }
         for sink in &routes.durable {
             sink.forward(envelope.clone()).await?;
-            receipt.durable += 1;
+            tally.receipt.durable += 1;
         }
-        sh.metrics.durable.increment(receipt.durable as u64);
+        sh.metrics.durable.increment(tally.receipt.durable as u64);
         if let Some(claim) = &sh.config.claim {
             let bytes = (claim.encode)(&envelope.payload).map_err(PublishError::ClaimCheck)?;
             if bytes.len() > claim.threshold {
-                return self.publish_checked(envelope, bytes, claim, &routes, receipt).await;
+                return self.publish_checked(envelope, bytes, claim, &routes, tally).await;
             }
         }
-        let mut rejected = 0;
-        let mut stale = false;
-        for sub in &routes.subs {
-            if !sub.is_live() {
-                stale = true;
-                continue;
+        self.fan_out(Arc::new(envelope), &routes, 0, None, tally).await
+    }
+
+    /// Offers `envelope` to `sub` without waiting and counts the outcome;
+    /// gives back an offer that needs waiting (a full `block` buffer) or a
+    /// dead letter to store, uncounted.
+    fn offer_now(&self, sub: &SubCore<T>, envelope: &Arc<Envelope<T>>, tally: &mut Tally) -> Option<Offer<T>> {
+        if !sub.is_live() {
+            tally.stale = true;
+            return None;
+        }
+        if !sub.accepts(envelope) {
+            tally.receipt.filtered += 1;
+            return None;
+        }
+        match sub.offer(Item::Inline(envelope.clone())) {
+            offer @ (Offer::Full(_) | Offer::DeadLetter(_)) => Some(offer),
+            offer => {
+                let none = self.account(sub, offer, tally);
+                debug_assert!(none.is_none(), "only dead letters come back");
+                None
             }
-            if !sub.accepts(&envelope) {
-                receipt.filtered += 1;
-                continue;
-            }
-            let offer = match sub.offer(Item::Inline(envelope.clone())) {
+        }
+    }
+
+    /// Fans out to the subscriptions from index `from` on, starting with
+    /// the `pending` offer made to that one, waiting where needed.
+    async fn fan_out(
+        &self,
+        envelope: Arc<Envelope<T>>,
+        routes: &Routes<T>,
+        from: usize,
+        mut pending: Option<Offer<T>>,
+        mut tally: Tally,
+    ) -> Result<PublishReceipt, PublishError> {
+        for sub in &routes.subs[from..] {
+            let offer = match pending.take() {
+                Some(offer) => offer,
+                None => match self.offer_now(sub, &envelope, &mut tally) {
+                    Some(offer) => offer,
+                    None => continue,
+                },
+            };
+            let offer = match offer {
                 Offer::Full(item) => sub.offer_waiting(item).await,
                 offer => offer,
             };
-            if let Some(item) = self.account(sub, offer, &mut receipt, &mut rejected, &mut stale) {
+            if let Some(item) = self.account(sub, offer, &mut tally) {
                 self.dead_letter(item, FailureReason::Overflow(sub.policy().to_string())).await;
             }
         }
-        self.finish(receipt, rejected, stale)
+        self.finish(tally)
     }
 
     async fn publish_checked(
@@ -506,53 +573,45 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
         bytes: Vec<u8>,
         claim: &ClaimConfig<T>,
         routes: &Routes<T>,
-        mut receipt: PublishReceipt,
+        mut tally: Tally,
     ) -> Result<PublishReceipt, PublishError> {
         let sh = &self.shared;
-        let mut stale = false;
         let targets: Vec<&Arc<SubCore<T>>> = routes
             .subs
             .iter()
             .filter(|s| {
                 if !s.is_live() {
-                    stale = true;
+                    tally.stale = true;
                     return false;
                 }
                 let ok = s.accepts(&envelope);
-                receipt.filtered += usize::from(!ok);
+                tally.receipt.filtered += usize::from(!ok);
                 ok
             })
             .collect();
         if targets.is_empty() {
-            return self.finish(receipt, 0, stale);
+            return self.finish(tally);
         }
         let refs = u32::try_from(targets.len()).unwrap_or(u32::MAX);
         let ticket = claim.claims.check_in_shared(bytes, refs, claim.ttl).await?;
         sh.metrics.claim_checked.increment(1);
-        receipt.claim_checked = true;
+        tally.receipt.claim_checked = true;
         let (meta, _payload) = envelope.split();
         let checked = meta.with_payload(ticket);
         let src = sh.checked_source.clone().unwrap_or_else(|| unreachable!("set with the claim config"));
-        let mut rejected = 0;
         for sub in targets {
-            let offer = sub.offer_waiting(Item::Checked(checked.clone(), src.clone())).await;
-            if let Some(item) = self.account(sub, offer, &mut receipt, &mut rejected, &mut stale) {
+            let offer = sub.offer_waiting(Item::Checked(Box::new(checked.clone()), src.clone())).await;
+            if let Some(item) = self.account(sub, offer, &mut tally) {
                 self.dead_letter(item, FailureReason::Overflow(sub.policy().to_string())).await;
             }
         }
-        self.finish(receipt, rejected, stale)
+        self.finish(tally)
     }
 
     /// Counts what an offer did; gives back an item to dead-letter.
-    fn account(
-        &self,
-        sub: &SubCore<T>,
-        offer: Offer<T>,
-        receipt: &mut PublishReceipt,
-        rejected: &mut usize,
-        stale: &mut bool,
-    ) -> Option<Item<T>> {
+    fn account(&self, sub: &SubCore<T>, offer: Offer<T>, tally: &mut Tally) -> Option<Item<T>> {
         let m = &self.shared.metrics;
+        let receipt = &mut tally.receipt;
         match offer {
             Offer::Accepted => receipt.delivered += 1,
             Offer::Evicted(old) => {
@@ -574,13 +633,13 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
                 return Some(item);
             }
             Offer::Rejected(item) => {
-                *rejected += 1;
+                tally.rejected += 1;
                 sub.count_lost(1);
                 m.reject.increment(1);
                 item.release();
             }
             Offer::Closed(item) | Offer::Full(item) => {
-                *stale = true;
+                tally.stale = true;
                 m.closed.increment(1);
                 item.release();
             }
@@ -588,7 +647,8 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
         None
     }
 
-    fn finish(&self, receipt: PublishReceipt, rejected: usize, stale: bool) -> Result<PublishReceipt, PublishError> {
+    fn finish(&self, tally: Tally) -> Result<PublishReceipt, PublishError> {
+        let Tally { receipt, rejected, stale } = tally;
         let m = &self.shared.metrics;
         m.deliveries.increment(receipt.delivered as u64);
         if receipt.filtered > 0 {
@@ -615,8 +675,8 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
             return;
         };
         let envelope = match &item {
-            Item::Inline(env) => to_json(env),
-            Item::Checked(env, _) => serde_json::to_value(env).unwrap_or(Value::Null),
+            Item::Inline(env) => to_json(&**env),
+            Item::Checked(env, _) => serde_json::to_value(&**env).unwrap_or(Value::Null),
         };
         if let Err(e) = hook.dead_letter(Undeliverable::new("topic", sh.name.to_string(), reason, envelope)).await {
             tracing::error!(topic = %sh.name, error = %e, "dead letter hook failed");
