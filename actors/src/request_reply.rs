@@ -272,20 +272,22 @@ impl<R: Request> ServiceRef<R> {
         let deadline = Instant::now() + budget;
         let (reply, response) = oneshot::channel();
         let ask = Ask { envelope, reply };
-        if self.block_when_full {
-            match deadline::within(deadline, Box::pin(self.tx.send(ask))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(self.gone()),
-                Err(_) => return Err(self.timed_out(budget)),
-            }
-        } else {
-            self.tx.try_send(ask).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    self.mailbox_full.increment(1);
-                    RequestError::MailboxFull(self.name.to_string())
+        // Try first: the inbox almost always has room, and only a full one
+        // under `block` needs the (boxed, deadline-bounded) waiting send.
+        match self.tx.try_send(ask) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.gone()),
+            Err(mpsc::error::TrySendError::Full(ask)) if self.block_when_full => {
+                match deadline::within(deadline, Box::pin(self.tx.send(ask))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(self.gone()),
+                    Err(_) => return Err(self.timed_out(budget)),
                 }
-                mpsc::error::TrySendError::Closed(_) => self.gone(),
-            })?;
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.mailbox_full.increment(1);
+                return Err(RequestError::MailboxFull(self.name.to_string()));
+            }
         }
         match deadline::within(deadline, response).await {
             Ok(Ok(result)) => result,
