@@ -521,3 +521,78 @@ fn a_projection_resumes_from_its_checkpoint() {
 async fn status_checkpoint(store: &EventStoreHandle) -> u64 {
     store.load_checkpoint("sums").await.unwrap().map_or(0, |c| c.position)
 }
+
+fn versions(events: &[RecordedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.version).collect()
+}
+
+#[actix_rt::test]
+async fn max_count_hides_all_but_the_last_events_of_a_stream() {
+    use actorbus::actors::store::Direction::{Backward, Forward};
+    for (_dir, store) in both_backends() {
+        store.append("sensor", ExpectedVersion::NoStream, (0..10).map(ev).collect()).await.unwrap();
+        store.append("other", ExpectedVersion::NoStream, vec![ev(0)]).await.unwrap();
+        assert_eq!(store.stream_metadata("sensor").await.unwrap(), StreamMetadata::default());
+        store.set_stream_metadata("sensor", StreamMetadata::default().max_count(3)).await.unwrap();
+        assert_eq!(store.stream_metadata("sensor").await.unwrap().max_count, Some(3));
+
+        assert_eq!(versions(&store.read_stream("sensor", 0, Forward, 100).await.unwrap()), [7, 8, 9]);
+        assert_eq!(versions(&store.read_stream("sensor", 8, Forward, 100).await.unwrap()), [8, 9]);
+        assert_eq!(versions(&store.read_stream("sensor", u64::MAX, Backward, 100).await.unwrap()), [9, 8, 7]);
+        assert_eq!(versions(&store.read_stream("sensor", 0, Forward, 2).await.unwrap()), [7, 8]);
+        assert_eq!(versions(&store.read_stream("other", 0, Forward, 100).await.unwrap()), [0], "only `sensor`");
+
+        // Versions keep counting; the window moves.
+        let r = store.append("sensor", ExpectedVersion::Exact(9), vec![ev(10)]).await.unwrap();
+        assert_eq!(r.version, Some(10));
+        assert_eq!(versions(&store.read_stream("sensor", 0, Forward, 100).await.unwrap()), [8, 9, 10]);
+        let mut sub = store.subscribe_stream("sensor", 0);
+        let first = actix_rt::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(first.version, 8, "a catch-up subscription starts at the window");
+
+        // `$all` keeps everything: 11 + 1 events and one metadata event.
+        let all = store.read_all(0, Forward, 100).await.unwrap();
+        assert_eq!(all.iter().filter(|e| e.stream == "sensor").count(), 11);
+        assert_eq!(all.iter().filter(|e| e.stream == "$$sensor" && e.event_type == "$metadata").count(), 1);
+        assert_eq!(all.iter().find(|e| e.stream == "$$sensor").unwrap().data, json!({"$maxCount": 3}));
+
+        // The last metadata event is in force.
+        store.set_stream_metadata("sensor", StreamMetadata::default()).await.unwrap();
+        assert_eq!(store.read_stream("sensor", 0, Forward, 100).await.unwrap().len(), 11);
+    }
+}
+
+#[actix_rt::test]
+async fn max_age_hides_events_older_than_the_age() {
+    use actorbus::actors::store::Direction::{Backward, Forward};
+    for (_dir, store) in both_backends() {
+        store.append("clicks", ExpectedVersion::NoStream, (0..3).map(ev).collect()).await.unwrap();
+        actix_rt::time::sleep(Duration::from_millis(400)).await;
+        store.append("clicks", ExpectedVersion::Exact(2), (3..5).map(ev).collect()).await.unwrap();
+        let meta = StreamMetadata::default().max_age(Duration::from_millis(250));
+        store.set_stream_metadata("clicks", meta).await.unwrap();
+        assert_eq!(store.stream_metadata("clicks").await.unwrap(), meta);
+        // A page of old events alone is skipped, not returned empty.
+        assert_eq!(versions(&store.read_stream("clicks", 0, Forward, 2).await.unwrap()), [3, 4]);
+        assert_eq!(versions(&store.read_stream("clicks", 0, Forward, 100).await.unwrap()), [3, 4]);
+        assert_eq!(versions(&store.read_stream("clicks", u64::MAX, Backward, 100).await.unwrap()), [4, 3]);
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.read_stream("clicks", 0, Forward, 100).await.unwrap().is_empty(), "all aged out");
+        assert_eq!(store.stream_version("clicks").await.unwrap(), Some(4), "nothing was deleted");
+    }
+}
+
+#[actix_rt::test]
+async fn metadata_that_does_not_parse_hides_nothing_and_bad_names_are_refused() {
+    for (_dir, store) in both_backends() {
+        store.append("s", ExpectedVersion::NoStream, (0..4).map(ev).collect()).await.unwrap();
+        let junk = NewEvent::new("$metadata", json!({"$maxCount": "three"}));
+        store.append("$$s", ExpectedVersion::Any, vec![junk]).await.unwrap();
+        assert_eq!(store.stream_metadata("s").await.unwrap(), StreamMetadata::default());
+        assert_eq!(store.read_stream("s", 0, actorbus::actors::store::Direction::Forward, 100).await.unwrap().len(), 4);
+        for name in ["$$", "$$$all", "$$$$s"] {
+            let r = store.append(name, ExpectedVersion::Any, vec![ev(0)]).await;
+            assert!(matches!(r, Err(AppendError::InvalidRequest(_))), "{name}: {r:?}");
+        }
+    }
+}

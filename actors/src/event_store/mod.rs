@@ -44,7 +44,8 @@
 //! run on reader threads. Catch-up subscriptions
 //! ([`EventStoreHandle::subscribe_all`], [`EventStoreHandle::subscribe_stream`])
 //! deliver history and then live events, each exactly once and in order, with
-//! bounded buffers (see [`subscription`]).
+//! bounded buffers (see [`subscription`]). A stream's [`metadata`]
+//! (`$maxCount`, `$maxAge`) hides its older events from stream readers.
 //!
 //! # Aggregates and projections
 //!
@@ -76,6 +77,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod metadata;
 pub mod projection;
 mod store;
 pub mod subscription;
@@ -85,6 +87,7 @@ pub use aggregate::{
     load_aggregate, Aggregate, AggregateActor, DomainEvent, EntityError, Execute, Executed, GetState, Rebuilt,
     SnapshotPolicy, Upto,
 };
+pub use metadata::StreamMetadata;
 pub use projection::{GetProjection, Projection, ProjectionActor, ProjectionConfig, ProjectionStatus};
 pub use store::{Append, EventStore, EventStoreConfig, EventStoreHandle};
 pub use subscription::{Subscription, SubscriptionTarget};

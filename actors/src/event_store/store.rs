@@ -9,6 +9,7 @@ use actix::prelude::*;
 use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::{mpsc, oneshot};
 
+use super::metadata::{self, StreamMetadata};
 use super::subscription::{self, Subscription, SubscriptionTarget};
 use super::workers::{start_workers, ReadOp, ReaderWorker, WriteOp, WriterWorker};
 use crate::envelope::Timestamp;
@@ -445,7 +446,25 @@ impl EventStoreHandle {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let stream = stream.into();
-        self.read(move |r| r.read_stream(&stream, from, direction, max)).await
+        self.read(move |r| metadata::read_visible(r, &stream, from, direction, max)).await
+    }
+
+    /// Sets `stream`'s metadata (appends a `$metadata` event to
+    /// `$$<stream>`; the last one is in force). See [`metadata`].
+    pub async fn set_stream_metadata(
+        &self,
+        stream: impl Into<String>,
+        meta: StreamMetadata,
+    ) -> Result<AppendResult, AppendError> {
+        let data = serde_json::to_value(meta).map_err(|e| AppendError::InvalidRequest(e.to_string()))?;
+        let stream = metadata::metadata_stream(&stream.into());
+        self.append(stream, ExpectedVersion::Any, vec![NewEvent::new(metadata::METADATA_EVENT, data)]).await
+    }
+
+    /// The metadata in force for `stream` (unbounded when none was set).
+    pub async fn stream_metadata(&self, stream: impl Into<String>) -> Result<StreamMetadata, StoreError> {
+        let stream = stream.into();
+        self.read(move |r| metadata::load(r, &stream)).await
     }
 
     /// Up to `max` events of `$all`, forward or backward from position

@@ -403,8 +403,13 @@ pub enum AppendPlan {
 
 /// Checks a stream name: not empty, at most [`MAX_STREAM_NAME`] bytes, no
 /// control characters, and not starting with `$` (reserved for system
-/// streams such as `$all`).
+/// streams such as `$all`), except the metadata stream `$$<name>` of a valid
+/// stream (see [`StreamMetadata`](crate::event_store::StreamMetadata)).
 pub fn validate_stream_name(stream: &str) -> Result<(), AppendError> {
+    if let Some(owner) = stream.strip_prefix("$$").filter(|owner| !owner.starts_with('$')) {
+        return validate_stream_name(owner)
+            .map_err(|e| AppendError::InvalidRequest(format!("metadata stream {stream:?}: {e}")));
+    }
     let reason = if stream.is_empty() {
         "stream name is empty"
     } else if stream.len() > MAX_STREAM_NAME {
@@ -560,7 +565,7 @@ mod tests {
 
     #[test]
     fn bad_names_and_repeated_ids_are_invalid() {
-        for name in ["", "$all", "a\nb"] {
+        for name in ["", "$all", "a\nb", "$$", "$$$all", "$$$$x"] {
             let r = AppendRequest::new(name, ExpectedVersion::Any, vec![]);
             assert!(matches!(plan_append(&r, None, &[]), Err(AppendError::InvalidRequest(_))));
         }
