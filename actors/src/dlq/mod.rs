@@ -72,7 +72,7 @@
 mod sink;
 mod storage;
 
-pub use sink::{DlqHandle, DlqSink, DlqSinkConfig};
+pub use sink::{DlqHandle, DlqSink, DlqSinkConfig, DlqWatcher};
 pub use storage::{DlqStore, MemoryDlqStore, SqliteDlqStore, DLQ_MIGRATIONS};
 
 use std::fmt;
