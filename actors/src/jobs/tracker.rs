@@ -610,13 +610,17 @@ impl JobTracker {
         });
         let Some(queue) = queue else { return };
         let source = DlqSource::queue(queue.name());
-        // Redriving a job's queue message resubmits the job (which enqueues
-        // it again); anything else on the queue goes back as it was.
+        // Redriving a job's message of this queue to its source resubmits
+        // the job (which enqueues it again). Anything else sent here (other
+        // messages of the queue, entries redriven from elsewhere with
+        // `to_queue`) goes onto the queue as it is.
         let target_queue = queue.clone();
+        let own = source.clone();
         dlq.register_redrive(source.clone(), move |letter: DeadLetter| -> RedriveFuture {
             let (resubmit, queue) = (resubmit.clone(), target_queue.clone());
+            let job = if letter.source == own { job_message(&letter) } else { None };
             Box::pin(async move {
-                match job_message(&letter) {
+                match job {
                     Some(message) => resubmit(message).await,
                     None => requeue(queue, letter).await,
                 }
