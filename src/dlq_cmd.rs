@@ -247,9 +247,8 @@ fn call(
     let body = body.map(|b| b.to_string());
     let response = http_client::request(server, method, path, token, body.as_deref().map(str::as_bytes), timeout)
         .map_err(|e| Failure::Server(format!("cannot reach the server: {e}")))?;
-    let value: Value = serde_json::from_slice(&response.body).unwrap_or_else(|_| {
-        Value::String(String::from_utf8_lossy(&response.body).into_owned())
-    });
+    let value: Value = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()));
     if (200..300).contains(&response.status) {
         return Ok(value);
     }

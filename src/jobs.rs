@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use actix::Addr;
 use actorbus_actors::backpressure::OverflowPolicy;
+use actorbus_actors::error::HandlerError;
 use actorbus_actors::jobs::{
     BuiltinWorker, Cancel, GetJob, JobError, JobId, JobService, JobTracker, JobUpdate, JobWorker, KindSpec,
     RegisterKind, Report, Submit, Submitted,
 };
 use actorbus_actors::queue::QueueHandle;
-use actorbus_actors::error::HandlerError;
 use serde_json::Value;
 
 use crate::bus::{Bus, BusError};

@@ -273,9 +273,19 @@ fn redrive_of_a_failed_job_runs_it_again() {
 
     let unknown = admin(&server, "POST", "/v1/dlq/01a2065c-3aed-7386-b51b-0ab22e573974/redrive", None);
     assert_eq!((unknown.status, unknown.error_code().as_str()), (404, "unknown_entry"));
-    let nowhere = admin(&server, "POST", &format!("/v1/dlq/{}/redrive", again[0]["id"].as_str().unwrap()), Some(r#"{"to_queue": "nowhere"}"#));
+    let nowhere = admin(
+        &server,
+        "POST",
+        &format!("/v1/dlq/{}/redrive", again[0]["id"].as_str().unwrap()),
+        Some(r#"{"to_queue": "nowhere"}"#),
+    );
     assert_eq!((nowhere.status, nowhere.error_code().as_str()), (404, "unknown_queue"));
-    let typo = admin(&server, "POST", &format!("/v1/dlq/{}/redrive", again[0]["id"].as_str().unwrap()), Some(r#"{"to": "x"}"#));
+    let typo = admin(
+        &server,
+        "POST",
+        &format!("/v1/dlq/{}/redrive", again[0]["id"].as_str().unwrap()),
+        Some(r#"{"to": "x"}"#),
+    );
     assert_eq!((typo.status, typo.error_code().as_str()), (400, "invalid_body"));
 }
 

@@ -87,14 +87,19 @@ fn fail_route_fails_and_a_cancelled_job_refuses_its_worker() {
     assert_eq!(failed.status, 200);
     let status = server.get(&format!("/v1/jobs/{id}"));
     assert_eq!(status.status, 200);
-    assert_eq!((status.json()["status"].as_str(), status.json()["error"].as_str()), (Some("failed"), Some("failed: unsupported format")));
+    assert_eq!(
+        (status.json()["status"].as_str(), status.json()["error"].as_str()),
+        (Some("failed"), Some("failed: unsupported format"))
+    );
     let no_result = server.get(&format!("/v1/jobs/{id}/result"));
     assert_eq!(no_result.status, 404);
 
     let cancelled = submit(&server, "{}");
     let c = server.request("DELETE", &format!("/v1/jobs/{cancelled}"), &[], None);
     assert_eq!((c.status, c.json()["status"].as_str()), (202, Some("cancelled")));
-    for (route, body) in [("progress", r#"{"progress": 10}"#), ("complete", r#"{"result": 1}"#), ("fail", r#"{"error": "x"}"#)] {
+    for (route, body) in
+        [("progress", r#"{"progress": 10}"#), ("complete", r#"{"result": 1}"#), ("fail", r#"{"error": "x"}"#)]
+    {
         let r = server.post_json(&format!("/v1/jobs/{cancelled}/{route}"), body);
         assert_eq!((r.status, r.error_code().as_str()), (409, "already_ended"), "{route}");
     }

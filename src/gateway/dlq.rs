@@ -67,11 +67,8 @@ fn rfc3339(t: Timestamp) -> String {
 
 /// An entry as the API shows it.
 pub fn entry_body(l: &DeadLetter) -> Value {
-    let errors: Vec<Value> = l
-        .errors
-        .iter()
-        .map(|e| json!({"at": rfc3339(e.at), "attempt": e.attempt, "reason": e.reason}))
-        .collect();
+    let errors: Vec<Value> =
+        l.errors.iter().map(|e| json!({"at": rfc3339(e.at), "attempt": e.attempt, "reason": e.reason})).collect();
     json!({
         "id": l.id.to_string(),
         "message_id": l.message_id.map(|m| m.to_string()),
@@ -96,8 +93,7 @@ fn dlq_error(e: DlqError) -> ApiError {
 }
 
 fn parse_id(raw: &str) -> Result<MessageId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::bad_request("invalid_id", format!("dead letter id {raw:?} is not a UUID")))
+    raw.parse().map_err(|_| ApiError::bad_request("invalid_id", format!("dead letter id {raw:?} is not a UUID")))
 }
 
 /// The query string as a JSON object of strings (a repeated key: the last).

@@ -145,7 +145,9 @@ fn text_field(map: &serde_json::Map<String, Value>, name: &str) -> Result<Option
     match map.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.len() <= MAX_TEXT => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::bad_request("invalid_body", format!("`{name}` must be a string of at most {MAX_TEXT} bytes"))),
+        Some(_) => {
+            Err(ApiError::bad_request("invalid_body", format!("`{name}` must be a string of at most {MAX_TEXT} bytes")))
+        }
     }
 }
 
@@ -156,11 +158,10 @@ async fn report(state: &State, id: &str, update: JobUpdate) -> Result<HttpRespon
 
 async fn progress(state: web::Data<State>, id: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let map = object(&body)?;
-    let percent = map
-        .get("progress")
-        .and_then(Value::as_f64)
-        .filter(|p| (0.0..=100.0).contains(p))
-        .ok_or_else(|| ApiError::bad_request("invalid_body", "`progress` must be a number from 0 to 100 (percent)"))?;
+    let percent =
+        map.get("progress").and_then(Value::as_f64).filter(|p| (0.0..=100.0).contains(p)).ok_or_else(|| {
+            ApiError::bad_request("invalid_body", "`progress` must be a number from 0 to 100 (percent)")
+        })?;
     let message = text_field(&map, "message")?;
     // In range, so the cast only drops the fraction.
     let update = JobUpdate::Progress { percent: percent.floor() as u8, message };

@@ -420,7 +420,8 @@ impl JobTracker {
             Err((error, reason)) => {
                 job.error = Some(error);
                 if dead_letter {
-                    let message = JobMessage { job_id: id, kind: job.kind.to_string(), input: input.unwrap_or_default() };
+                    let message =
+                        JobMessage { job_id: id, kind: job.kind.to_string(), input: input.unwrap_or_default() };
                     let attempts = job.attempts;
                     self.dead_letter(message, reason, attempts, ctx);
                 }
@@ -630,7 +631,8 @@ impl JobTracker {
         let queue_name = queue.name().to_owned();
         dlq.watch(source, move |letter: &DeadLetter| {
             let Some(message) = job_message(letter) else { return };
-            let msg = QueueDeadLettered { id: message.job_id, queue: queue_name.clone(), reason: letter.reason.clone() };
+            let msg =
+                QueueDeadLettered { id: message.job_id, queue: queue_name.clone(), reason: letter.reason.clone() };
             let addr = addr.clone();
             // `send` waits for room in the tracker's bounded mailbox.
             actix_rt::spawn(async move {
