@@ -13,6 +13,15 @@ use serde_json::{json, Value};
 
 use crate::http_client::{self, encode, Server};
 
+/// `println!` that does not panic when stdout is closed early (piped into
+/// `head`, say): the rest of the output is dropped.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Options every `dlq` subcommand takes.
 #[derive(Args, Debug)]
 pub struct DlqArgs {
@@ -155,7 +164,7 @@ fn execute(args: &DlqArgs) -> Result<ExitCode, Failure> {
             }
             let answer = call("GET", &format!("/v1/dlq?{query}"), None)?;
             if args.json {
-                println!("{answer}");
+                outln!("{answer}");
             } else {
                 print_table(&answer);
             }
@@ -163,7 +172,7 @@ fn execute(args: &DlqArgs) -> Result<ExitCode, Failure> {
         DlqAction::Get { id } => {
             let answer = call("GET", &format!("/v1/dlq/{}", encode(id)), None)?;
             if args.json {
-                println!("{answer}");
+                outln!("{answer}");
             } else {
                 print_entry(&answer);
             }
@@ -190,11 +199,11 @@ fn execute(args: &DlqArgs) -> Result<ExitCode, Failure> {
                 }
             };
             if args.json {
-                println!("{answer}");
+                outln!("{answer}");
             } else {
-                println!("redriven {}, failed {}", answer["redriven"], answer["failed"]);
+                outln!("redriven {}, failed {}", answer["redriven"], answer["failed"]);
                 for f in answer["failures"].as_array().into_iter().flatten() {
-                    println!("  {}  {}", text(&f["id"]), text(&f["error"]));
+                    outln!("  {}  {}", text(&f["id"]), text(&f["error"]));
                 }
             }
             if answer["failed"].as_u64().unwrap_or(0) > 0 {
@@ -213,9 +222,9 @@ fn execute(args: &DlqArgs) -> Result<ExitCode, Failure> {
                 }
             };
             if args.json {
-                println!("{answer}");
+                outln!("{answer}");
             } else {
-                println!("purged {}", answer["purged"]);
+                outln!("purged {}", answer["purged"]);
             }
         }
     }
@@ -302,22 +311,22 @@ fn print_table(answer: &Value) {
     }
     for row in std::iter::once(&header).chain(&rows) {
         let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", cells.join("  ").trim_end());
+        outln!("{}", cells.join("  ").trim_end());
     }
-    println!("{} entr{}", rows.len(), if rows.len() == 1 { "y" } else { "ies" });
+    outln!("{} entr{}", rows.len(), if rows.len() == 1 { "y" } else { "ies" });
     if let Some(next) = answer["next_after"].as_str() {
-        println!("more: --after {next}");
+        outln!("more: --after {next}");
     }
 }
 
 fn print_entry(e: &Value) {
     for key in ["id", "message_id", "source", "reason", "error", "attempts", "first_failed_at", "last_failed_at"] {
-        println!("{key:<16} {}", text(&e[key]));
+        outln!("{key:<16} {}", text(&e[key]));
     }
-    println!("history:");
+    outln!("history:");
     for h in e["errors"].as_array().into_iter().flatten() {
-        println!("  {}  attempt {}  {}", text(&h["at"]), text(&h["attempt"]), text(&h["reason"]));
+        outln!("  {}  attempt {}  {}", text(&h["at"]), text(&h["attempt"]), text(&h["reason"]));
     }
     let envelope = serde_json::to_string_pretty(&e["envelope"]).unwrap_or_default();
-    println!("envelope:\n{envelope}");
+    outln!("envelope:\n{envelope}");
 }
