@@ -267,6 +267,13 @@ fn redrive_of_a_failed_job_runs_it_again() {
     assert_ne!(again[0]["id"].as_str(), Some(entry_id.as_str()), "a new entry for the second failure");
     assert_eq!(again[0]["message_id"].as_str(), Some(id.as_str()), "the same job");
     assert_eq!(again[0]["attempts"], 2);
+    let history: Vec<(u64, &str)> = again[0]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["attempt"].as_u64().unwrap(), e["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(history, [(1, "failed: no disk"), (2, "failed: no disk")], "the history carries over");
     let j = wait_job(&server, &id, |j| j["status"] == "failed" && j["attempts"] == 2);
     assert_eq!(j["error"], "failed: no disk");
     assert_eq!(metric(&server, "actorbus_jobs_finished_total{kind=\"fail\",outcome=\"failed\"} "), 2.0);

@@ -241,3 +241,21 @@ async fn a_silent_worker_times_the_job_out() {
     assert_eq!(letters[0].reason.code(), "timeout");
     assert_eq!(letters[0].message_id, Some(id));
 }
+
+/// A full job queue (overflow `reject`) refuses the submission (HTTP 503)
+/// and keeps no trace of it: its idempotency key is free again.
+#[actix_rt::test]
+async fn a_full_job_queue_refuses_the_submission() {
+    let bus = Bus::builder().build().unwrap();
+    let queue = bus.queue::<Value>("tiny").capacity(1).overflow(actorbus::OverflowPolicy::Reject).start().unwrap();
+    let jobs = bus.jobs();
+    jobs.queue_kind("tiny", queue.clone()).start().await.unwrap();
+    jobs.submit("tiny", json!(1), None).await.unwrap();
+    let refused = jobs.submit("tiny", json!(2), Some("key-2".into())).await;
+    assert_eq!(refused, Err(JobError::QueueFull("tiny".into())));
+    assert_eq!(queue.depth(), 1);
+    let mut worker = queue.consumer(1).await.unwrap();
+    worker.recv().await.unwrap().ack();
+    let again = jobs.submit("tiny", json!(2), Some("key-2".into())).await.unwrap();
+    assert!(!again.existing, "the refused submission left nothing behind");
+}

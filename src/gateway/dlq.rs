@@ -231,7 +231,7 @@ async fn get(state: web::Data<State>, id: web::Path<String>) -> Result<HttpRespo
 fn redrive_options(state: &State, map: &Map<String, Value>) -> Result<RedriveOptions, ApiError> {
     let mut options = match string(map, "to_queue")? {
         Some(queue) => {
-            if !state.bus.queues().contains(queue) {
+            if !state.bus.dlq().has_redrive_target(&DlqSource::queue(queue)) {
                 return Err(ApiError::not_found("unknown_queue", format!("no queue named `{queue}`")));
             }
             RedriveOptions::to_target(DlqSource::queue(queue))

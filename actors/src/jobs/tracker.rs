@@ -192,7 +192,16 @@ pub struct Report {
 /// its retention, or a restart) is recreated.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<(), String>")]
-pub struct Resubmit(pub JobMessage);
+pub struct Resubmit {
+    /// The job.
+    pub message: JobMessage,
+    /// Its failures so far (the dead letter's history): a later dead letter
+    /// of the job carries them before its own.
+    pub history: Vec<FailureRecord>,
+}
+
+/// Failures a job's dead letter keeps at most (the latest).
+const MAX_HISTORY: usize = 100;
 
 /// The job's queue message was dead-lettered by its queue.
 #[derive(Message, Debug, Clone)]
@@ -216,6 +225,8 @@ struct Job {
     started: Option<Instant>,
     message: Option<String>,
     attempts: u32,
+    /// Failures of earlier submissions, oldest first.
+    history: Vec<FailureRecord>,
 }
 
 struct Kind {
@@ -422,8 +433,10 @@ impl JobTracker {
                 if dead_letter {
                     let message =
                         JobMessage { job_id: id, kind: job.kind.to_string(), input: input.unwrap_or_default() };
+                    let mut history = std::mem::take(&mut job.history);
+                    history.push(FailureRecord::now(job.attempts, &reason));
                     let attempts = job.attempts;
-                    self.dead_letter(message, reason, attempts, ctx);
+                    self.dead_letter(message, reason, attempts, history, ctx);
                 }
                 JobStatus::Failed
             }
@@ -439,7 +452,17 @@ impl JobTracker {
 
     /// Stores a failed job in the DLQ (source `job:<kind>`); the envelope's id
     /// is the job's id and its attempt the job's submissions.
-    fn dead_letter(&mut self, message: JobMessage, reason: FailureReason, attempts: u32, ctx: &mut Context<Self>) {
+    fn dead_letter(
+        &mut self,
+        message: JobMessage,
+        reason: FailureReason,
+        attempts: u32,
+        mut history: Vec<FailureRecord>,
+        ctx: &mut Context<Self>,
+    ) {
+        if history.len() > MAX_HISTORY {
+            history.drain(..history.len() - MAX_HISTORY);
+        }
         let Some(dlq) = self.dlq.clone() else { return };
         let source = DlqSource::new(JOB_PATTERN, message.kind.clone());
         let id = message.job_id;
@@ -447,7 +470,6 @@ impl JobTracker {
         envelope.id = id;
         envelope.correlation_id = id;
         envelope.attempt = attempts;
-        let history = vec![FailureRecord::now(attempts, &reason)];
         let letter = DeadLetter::new(source, reason, &envelope, history).with_attempts(attempts);
         ctx.spawn(async move { dlq.dead_letter(letter).await }.into_actor(self).map(move |res, _, _| {
             if let Err(e) = res {
@@ -479,23 +501,25 @@ impl JobTracker {
         }
     }
 
-    /// Forgets a job whose queue message could not be enqueued.
-    fn unlaunch(&mut self, id: JobId, forget: bool) {
-        let Some(job) = self.jobs.get(&id) else { return };
-        let status = job.status;
+    /// A job whose queue message could not be enqueued: a new submission is
+    /// forgotten (`forget`; the submitter gets the error), a resubmission
+    /// fails again (its dead letter stays in the DLQ, with why).
+    fn unlaunched(&mut self, id: JobId, forget: bool, why: &str, ctx: &mut Context<Self>) {
+        if !forget {
+            let error = format!("could not enqueue the job again: {why}");
+            self.conclude(id, Err((error.clone(), FailureReason::Failed(error))), false, ctx);
+            return;
+        }
+        let Some(job) = self.jobs.remove(&id) else { return };
         if let Some(kind) = self.kinds.get_mut(&job.kind) {
-            if status == JobStatus::Pending {
+            if job.status == JobStatus::Pending && kind.queue.is_some() {
                 kind.queued = kind.queued.saturating_sub(1);
             }
         }
-        if forget {
-            if let Some(job) = self.jobs.remove(&id) {
-                if let Some(key) = job.idempotency_key {
-                    self.keys.remove(&(job.kind.clone(), key));
-                }
-                self.count(Some(job.status), None);
-            }
+        if let Some(key) = job.idempotency_key {
+            self.keys.remove(&(job.kind.clone(), key));
         }
+        self.count(Some(job.status), None);
     }
 
     /// Fails running jobs of queue-backed kinds past their kind's timeout.
@@ -592,10 +616,10 @@ impl JobTracker {
     fn register_dlq(&self, kind: &str, queue: Option<&QueueHandle<Value>>, ctx: &mut Context<Self>) {
         let Some(dlq) = &self.dlq else { return };
         let addr = ctx.address();
-        let resubmit = move |message: JobMessage| {
+        let resubmit = move |resubmit: Resubmit| {
             let addr = addr.clone();
             async move {
-                match addr.send(Resubmit(message)).await {
+                match addr.send(resubmit).await {
                     Ok(r) => r,
                     Err(_) => Err("the job tracker is not running".to_owned()),
                 }
@@ -606,7 +630,7 @@ impl JobTracker {
             let resubmit = job_target.clone();
             Box::pin(async move {
                 let message = job_message(&letter).ok_or("the dead letter holds no job (job_id, kind, input)")?;
-                resubmit(message).await
+                resubmit(Resubmit { message, history: letter.errors }).await
             })
         });
         let Some(queue) = queue else { return };
@@ -622,7 +646,7 @@ impl JobTracker {
             let job = if letter.source == own { job_message(&letter) } else { None };
             Box::pin(async move {
                 match job {
-                    Some(message) => resubmit(message).await,
+                    Some(message) => resubmit(Resubmit { message, history: letter.errors }).await,
                     None => requeue(queue, letter).await,
                 }
             })
@@ -651,22 +675,19 @@ impl JobTracker {
         launch: Launch,
         ok: T,
         forget: bool,
+        ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Result<T, JobError>> {
         match launch {
             Launch::Done => Box::pin(fut::ready(Ok(ok))),
             Launch::Failed(e) => {
-                self.unlaunch(id, forget);
+                self.unlaunched(id, forget, &e.to_string(), ctx);
                 Box::pin(fut::ready(Err(e)))
             }
             Launch::Enqueue(queue, value) => Box::pin(async move { queue.send(value).await }.into_actor(self).map(
                 move |sent, act, ctx| match sent {
                     Ok(_) => Ok(ok),
                     Err(e) => {
-                        act.unlaunch(id, forget);
-                        if !forget {
-                            let error = format!("could not enqueue the job again: {e}");
-                            act.conclude(id, Err((error.clone(), FailureReason::Failed(error))), false, ctx);
-                        }
+                        act.unlaunched(id, forget, &e.to_string(), ctx);
                         Err(queue_error(&kind, e))
                     }
                 },
@@ -708,7 +729,7 @@ impl Handler<Submit> for JobTracker {
             Ok((submitted, None)) => Box::pin(fut::ready(Ok(submitted))),
             Ok((submitted, Some(launch))) => {
                 let (id, kind) = (submitted.job.id, submitted.job.kind.as_str().into());
-                self.enqueue(id, kind, launch, submitted, true)
+                self.enqueue(id, kind, launch, submitted, true, ctx)
             }
             Err(e) => Box::pin(fut::ready(Err(e))),
         }
@@ -750,6 +771,7 @@ impl JobTracker {
             started: None,
             message: None,
             attempts: 1,
+            history: Vec::new(),
         };
         if let Some(key) = msg.idempotency_key {
             self.keys.insert((name.clone(), key), id);
@@ -854,7 +876,7 @@ impl Handler<QueueDeadLettered> for JobTracker {
 impl Handler<Resubmit> for JobTracker {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
-    fn handle(&mut self, Resubmit(message): Resubmit, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Resubmit { message, history }: Resubmit, ctx: &mut Context<Self>) -> Self::Result {
         let id = message.job_id;
         let Some(kind) = self.kinds.get(message.kind.as_str()) else {
             return Box::pin(fut::ready(Err(format!("no job kind named `{}`", message.kind))));
@@ -876,6 +898,7 @@ impl Handler<Resubmit> for JobTracker {
                 job.input = Some(message.input);
                 job.shared = Arc::default();
                 job.attempts += 1;
+                job.history = history;
                 self.count(Some(JobStatus::Failed), Some(JobStatus::Pending));
             }
             None => {
@@ -893,13 +916,14 @@ impl Handler<Resubmit> for JobTracker {
                     idempotency_key: None,
                     started: None,
                     message: None,
-                    attempts: 2,
+                    attempts: history.iter().map(|h| h.attempt).max().unwrap_or(1) + 1,
+                    history,
                 };
                 self.jobs.insert(id, job);
                 self.count(None, Some(JobStatus::Pending));
             }
         }
         let launch = self.launch(id, &name, ctx);
-        Box::pin(self.enqueue(id, name, launch, (), false).map(|r, _, _| r.map_err(|e| e.to_string())))
+        Box::pin(self.enqueue(id, name, launch, (), false, ctx).map(|r, _, _| r.map_err(|e| e.to_string())))
     }
 }
