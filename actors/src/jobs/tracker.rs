@@ -524,6 +524,13 @@ impl JobTracker {
 
     /// Fails running jobs of queue-backed kinds past their kind's timeout.
     fn expire_running(&mut self, ctx: &mut Context<Self>) {
+        // Entries of jobs that ended early wait for their deadline; keep
+        // them from piling up when many short jobs run under a long timeout.
+        let running = self.gauges.get(&JobStatus::Running).map_or(0, |(n, _)| usize::try_from(*n).unwrap_or(0));
+        if self.deadlines.len() > 2 * running + 1024 {
+            let jobs = &self.jobs;
+            self.deadlines.retain(|Reverse((_, id))| jobs.get(id).is_some_and(|j| j.status == JobStatus::Running));
+        }
         let now = Instant::now();
         while let Some(&Reverse((due, id))) = self.deadlines.peek() {
             if due > now {
