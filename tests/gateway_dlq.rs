@@ -96,6 +96,16 @@ fn metric(server: &Server, sample: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(sample)).map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
+/// Waits (at most 5 s) until the sample reads `value`: the queue actor
+/// counts an enqueue when it takes the message, just after the send returns.
+fn wait_metric(server: &Server, sample: &str, value: f64) {
+    let started = Instant::now();
+    while metric(server, sample) != value {
+        assert!(started.elapsed() < Duration::from_secs(5), "{sample}: {} != {value}", metric(server, sample));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn mutations_need_the_right_admin_token() {
     let server = Server::start(&config(Some(TOKEN)));
@@ -305,7 +315,7 @@ fn bulk_redrive_puts_a_queue_job_back_on_its_queue() {
     let id = failed_queue_job(&server);
     failing_job(&server, "stays");
     wait_entries(&server, "", 2);
-    assert_eq!(metric(&server, "actorbus_queue_enqueued_total{name=\"resize\"} "), 1.0);
+    wait_metric(&server, "actorbus_queue_enqueued_total{name=\"resize\"} ", 1.0);
 
     let bad_rate = admin(&server, "POST", "/v1/dlq/redrive", Some(r#"{"source": "job/resize", "per_second": 0}"#));
     assert_eq!(bad_rate.status, 400);
@@ -316,7 +326,7 @@ fn bulk_redrive_puts_a_queue_job_back_on_its_queue() {
     let j = job(&server, &id);
     assert_eq!((j["status"].as_str(), j["attempts"].as_u64()), (Some("pending"), Some(2)));
     assert!(j["error"].is_null());
-    assert_eq!(metric(&server, "actorbus_queue_enqueued_total{name=\"resize\"} "), 2.0, "enqueued again");
+    wait_metric(&server, "actorbus_queue_enqueued_total{name=\"resize\"} ", 2.0);
     let left = entries(&server, "");
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["source"], "job/fail", "the filter left the other entry alone");
@@ -333,7 +343,7 @@ fn bulk_redrive_puts_a_queue_job_back_on_its_queue() {
     let fail_job = left[0]["message_id"].as_str().unwrap().to_owned();
     let copied = admin(&server, "POST", &format!("/v1/dlq/{other}/redrive"), Some(r#"{"to_queue": "resize"}"#));
     assert_eq!(copied.status, 200, "{:?}", String::from_utf8_lossy(&copied.body));
-    assert_eq!(metric(&server, "actorbus_queue_enqueued_total{name=\"resize\"} "), 3.0);
+    wait_metric(&server, "actorbus_queue_enqueued_total{name=\"resize\"} ", 3.0);
     assert!(entries(&server, "").is_empty());
     let j = job(&server, &fail_job);
     assert_eq!((j["status"].as_str(), j["attempts"].as_u64()), (Some("failed"), Some(1)));
