@@ -158,7 +158,7 @@ impl BusBuilder {
                 closing: Arc::new(AtomicBool::new(false)),
                 default_timeout: self.default_timeout,
                 metrics,
-                jobs: JobTracker::new(self.jobs).start(),
+                jobs: JobTracker::new(self.jobs).with_dlq(dlq.clone()).start(),
                 event_store,
                 dlq,
                 data_dir: self.data_dir,

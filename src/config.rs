@@ -11,6 +11,11 @@
 //! worker = "builtin:echo"          # built-in demo workers: echo, fail, sleep
 //! workers = 2                      # concurrent jobs (default 1)
 //! timeout_ms = 60000               # default 1 h
+//!
+//! [[jobs]]
+//! kind = "resize"
+//! worker = "queue:resize"          # external workers take jobs from this queue
+//! timeout_ms = 600000              # from the first progress report
 //! ```
 //!
 //! Unknown keys are errors, so a typo is reported rather than ignored.
@@ -126,21 +131,26 @@ pub struct DurableSubscription {
 pub struct JobConfig {
     /// Its name, as in `POST /v1/jobs/{kind}`.
     pub kind: String,
-    /// `builtin:echo`, `builtin:fail`, `builtin:sleep`, or `queue:<name>`.
+    /// `builtin:echo`, `builtin:fail`, `builtin:sleep`, or `queue:<name>`
+    /// (external workers receive `{"job_id", "kind", "input"}` messages from
+    /// the queue `<name>` and report over HTTP).
     pub worker: String,
-    /// Concurrent jobs.
+    /// Concurrent jobs (built-in workers only).
     #[serde(default = "default_job_workers")]
     pub workers: usize,
-    /// A job running longer fails with reason `timeout`.
+    /// A job running longer fails with reason `timeout` (queue-backed kinds:
+    /// counted from the first progress report).
     #[serde(default = "default_job_timeout_ms")]
     pub timeout_ms: u64,
 }
 
 /// Who runs a job kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerSpec {
     /// A built-in demo worker.
     Builtin(BuiltinWorker),
+    /// External workers taking jobs from the named queue.
+    Queue(String),
 }
 
 impl JobConfig {
@@ -153,8 +163,9 @@ impl JobConfig {
                     self.kind
                 ))
             }),
-            Some(("queue", _)) => Err(ConfigError::Invalid(format!(
-                "job kind `{}`: queue-backed workers need queues, which this build does not serve yet",
+            Some(("queue", name)) if valid_name(name) => Ok(WorkerSpec::Queue(name.to_owned())),
+            Some(("queue", name)) => Err(ConfigError::Invalid(format!(
+                "job kind `{}`: queue name `{name}`: use letters, digits, `-`, `_` and `.`",
                 self.kind
             ))),
             _ => Err(ConfigError::Invalid(format!(
@@ -168,6 +179,11 @@ impl JobConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+}
+
+/// Names of job kinds and queues: letters, digits, `-`, `_` and `.`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn default_listen() -> SocketAddr {
@@ -243,7 +259,7 @@ impl Config {
         }
         let mut kinds = std::collections::HashSet::new();
         for job in &self.jobs {
-            if job.kind.is_empty() || !job.kind.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if !valid_name(&job.kind) {
                 return invalid(format!("job kind `{}`: use letters, digits, `-`, `_` and `.`", job.kind));
             }
             if !kinds.insert(job.kind.as_str()) {
@@ -284,6 +300,8 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.max_body_bytes, 2048);
         assert_eq!(c.jobs[0].worker_spec().unwrap(), WorkerSpec::Builtin(BuiltinWorker::Echo));
+        let q = Config::parse("[[jobs]]\nkind = \"resize\"\nworker = \"queue:resize-jobs\"").unwrap();
+        assert_eq!(q.jobs[0].worker_spec().unwrap(), WorkerSpec::Queue("resize-jobs".into()));
         assert_eq!(c.jobs[0].workers, 3);
         assert_eq!(Config::parse("").unwrap().listen, default_listen(), "loopback by default");
     }
@@ -295,6 +313,8 @@ mod tests {
             ("listen = \"nowhere\"", "invalid socket address"),
             ("[[jobs]]\nkind = \"x\"\nworker = \"builtin:teleport\"", "no built-in worker"),
             ("[[jobs]]\nkind = \"x\"\nworker = \"echo\"", "must be `builtin:<name>`"),
+            ("[[jobs]]\nkind = \"x\"\nworker = \"queue:\"", "queue name"),
+            ("[[jobs]]\nkind = \"x\"\nworker = \"queue:a b\"", "queue name"),
             ("[[jobs]]\nkind = \"a b\"\nworker = \"builtin:echo\"", "use letters"),
             (
                 "[[jobs]]\nkind = \"x\"\nworker = \"builtin:echo\"\n[[jobs]]\nkind = \"x\"\nworker = \"builtin:fail\"",

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use actix::Addr;
 use actorbus_actors::backpressure::OverflowPolicy;
+use actorbus_actors::error::HandlerError;
 use actorbus_actors::jobs::{
-    BuiltinWorker, Cancel, GetJob, JobError, JobId, JobService, JobTracker, JobWorker, KindSpec, RegisterKind, Submit,
-    Submitted,
+    BuiltinWorker, Cancel, GetJob, JobError, JobId, JobService, JobTracker, JobUpdate, JobWorker, KindSpec,
+    RegisterKind, Report, Submit, Submitted,
 };
+use actorbus_actors::queue::QueueHandle;
 use serde_json::Value;
 
 use crate::bus::{Bus, BusError};
@@ -80,7 +82,40 @@ impl Jobs {
             timeout: Duration::from_secs(3600),
             validate: None,
             start_workers,
+            queue: None,
         }
+    }
+
+    /// Prepares a job kind served by external workers through `queue`: each
+    /// job is enqueued there as a
+    /// [`JobMessage`](actorbus_actors::jobs::JobMessage) (`{"job_id", "kind",
+    /// "input"}`), and workers report with [`Jobs::report`] (over HTTP:
+    /// `POST /v1/jobs/{id}/progress`, `/complete`, `/fail`). `workers` does
+    /// not apply; `timeout` bounds a job from its first progress report.
+    ///
+    /// ```
+    /// use actorbus::Bus;
+    /// use actorbus::actors::jobs::{JobMessage, JobStatus, JobUpdate};
+    /// use serde_json::{json, Value};
+    ///
+    /// actix::System::new().block_on(async {
+    ///     let bus = Bus::builder().build().unwrap();
+    ///     let queue = bus.queue::<Value>("resize").start().unwrap();
+    ///     let mut worker = queue.consumer(1).await.unwrap();
+    ///     bus.jobs().queue_kind("resize", queue).start().await.unwrap();
+    ///     let id = bus.jobs().submit("resize", json!({"w": 64}), None).await.unwrap().job.id;
+    ///     let delivery = worker.recv().await.unwrap();
+    ///     let job: JobMessage = serde_json::from_value(delivery.payload().clone()).unwrap();
+    ///     assert_eq!((job.job_id, job.input), (id, json!({"w": 64})));
+    ///     bus.jobs().report(id, JobUpdate::Complete(json!({"w": 32}))).await.unwrap();
+    ///     delivery.ack();
+    ///     assert_eq!(bus.jobs().get(id).await.unwrap().status, JobStatus::Succeeded);
+    /// });
+    /// ```
+    pub fn queue_kind(&self, kind: &str, queue: QueueHandle<Value>) -> JobKindBuilder {
+        let mut builder = self.kind(kind, || NoWorker);
+        builder.queue = Some(queue);
+        builder
     }
 
     /// Prepares a job kind served by a built-in demo worker (`echo`, `fail`,
@@ -109,6 +144,22 @@ impl Jobs {
     pub async fn cancel(&self, id: JobId) -> Result<actorbus_actors::jobs::JobView, JobError> {
         self.tracker.send(Cancel(id)).await.map_err(|_| JobError::Unavailable)?
     }
+
+    /// An external worker's report on a job of a queue-backed kind (see
+    /// [`Jobs::queue_kind`]); [`JobError::AlreadyEnded`] once the job ended or
+    /// was cancelled.
+    pub async fn report(&self, id: JobId, update: JobUpdate) -> Result<actorbus_actors::jobs::JobView, JobError> {
+        self.tracker.send(Report { id, update }).await.map_err(|_| JobError::Unavailable)?
+    }
+}
+
+/// The worker type of a queue-backed kind, never started.
+struct NoWorker;
+
+impl JobWorker for NoWorker {
+    async fn run(&mut self, _: Value, _: actorbus_actors::jobs::JobContext) -> Result<Value, HandlerError> {
+        Err(HandlerError::new("a queue-backed job kind has no in-process worker"))
+    }
 }
 
 type StartWorkers = Box<
@@ -131,6 +182,7 @@ pub struct JobKindBuilder {
     timeout: Duration,
     validate: Option<actorbus_actors::jobs::Validator>,
     start_workers: StartWorkers,
+    queue: Option<QueueHandle<Value>>,
 }
 
 impl JobKindBuilder {
@@ -154,11 +206,21 @@ impl JobKindBuilder {
 
     /// Starts the workers and registers the kind with the tracker.
     pub async fn start(self) -> Result<(), BusError> {
-        if self.workers == 0 {
-            return Err(BusError::Invalid(format!("job kind `{}`: needs at least one worker", self.kind)));
-        }
-        let workers = (self.start_workers)(&self.jobs.bus, &self.kind, self.workers).await?;
-        let spec = KindSpec { kind: self.kind.clone(), workers, validate: self.validate, timeout: self.timeout };
+        let workers = if self.queue.is_some() {
+            Vec::new()
+        } else {
+            if self.workers == 0 {
+                return Err(BusError::Invalid(format!("job kind `{}`: needs at least one worker", self.kind)));
+            }
+            (self.start_workers)(&self.jobs.bus, &self.kind, self.workers).await?
+        };
+        let spec = KindSpec {
+            kind: self.kind.clone(),
+            workers,
+            queue: self.queue,
+            validate: self.validate,
+            timeout: self.timeout,
+        };
         match self.jobs.tracker.send(RegisterKind(spec)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(BusError::Invalid(e.to_string())),

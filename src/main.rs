@@ -1,7 +1,9 @@
-//! The `actorbus` command: runs the demo of the pattern catalogue (and, as the
-//! gateway lands, serves it over HTTP).
+//! The `actorbus` command: runs the demo of the pattern catalogue, serves it
+//! over HTTP, and administers a running server's dead letter queue.
 
 mod demo;
+mod dlq_cmd;
+mod http_client;
 #[cfg(feature = "http")]
 mod serve;
 
@@ -45,6 +47,10 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Inspect, redrive and purge the dead letter queue of a running server
+    /// (`actorbus serve`) through its gateway. Exit codes: 0 done, 1 the
+    /// server refused or failed, 2 usage error.
+    Dlq(dlq_cmd::DlqArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +61,7 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "off",
         #[cfg(feature = "http")]
         Command::Serve { .. } => "info",
+        Command::Dlq(_) => "off",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Dlq(args) => dlq_cmd::run(args),
         #[cfg(feature = "http")]
         Command::Serve { config, listen, data_dir } => match serve::run(config.as_deref(), listen, data_dir) {
             Ok(()) => ExitCode::SUCCESS,

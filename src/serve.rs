@@ -4,10 +4,24 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use actorbus::actors::backpressure::OverflowPolicy;
 use actorbus::actors::jobs::JobTrackerConfig;
+use actorbus::actors::queue::QueueHandle;
 use actorbus::config::{Config, WorkerSpec};
 use actorbus::gateway::{self, GatewayConfig};
-use actorbus::Bus;
+use actorbus::{Bus, BusError};
+use serde_json::Value;
+
+/// The queue a queue-backed job kind enqueues its jobs on: the queue of
+/// that name if one is already running on the bus (declared in the config),
+/// else a new one with the default queue settings and overflow `reject`, so
+/// a full queue answers the submission 503 instead of holding it.
+fn job_queue(bus: &Bus, name: &str) -> Result<QueueHandle<Value>, BusError> {
+    if let Some(queue) = bus.queue_handle::<Value>(name) {
+        return Ok(queue);
+    }
+    bus.queue::<Value>(name).overflow(OverflowPolicy::Reject).start()
+}
 
 pub fn run(
     config_path: Option<&Path>,
@@ -36,6 +50,10 @@ pub fn run(
             match job.worker_spec()? {
                 WorkerSpec::Builtin(worker) => {
                     bus.jobs().builtin(&job.kind, worker).workers(job.workers).timeout(job.timeout()).start().await?;
+                }
+                WorkerSpec::Queue(name) => {
+                    let queue = job_queue(&bus, &name)?;
+                    bus.jobs().queue_kind(&job.kind, queue).timeout(job.timeout()).start().await?;
                 }
             }
         }

@@ -53,6 +53,10 @@ impl ResponseError for ApiError {
         if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.insert_header((header::RETRY_AFTER, "1"));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme the client must use.
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
         response.json(json!({"error": {"code": self.code, "message": self.message}}))
     }
 }
@@ -67,6 +71,7 @@ impl From<JobError> for ApiError {
             JobError::QueueFull(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", message),
             JobError::AlreadyEnded { .. } => ApiError::new(StatusCode::CONFLICT, "already_ended", message),
             JobError::DuplicateKind(_) => ApiError::new(StatusCode::CONFLICT, "duplicate_kind", message),
+            JobError::NotExternal(_) => ApiError::new(StatusCode::CONFLICT, "not_external", message),
             JobError::Unavailable => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
         }
     }

@@ -10,6 +10,8 @@
 //! not HTTP at all (say, raw non-ASCII bytes in the request line): the HTTP
 //! parser answers a bare `400 Bad Request` before any route is involved.
 
+mod auth;
+mod dlq;
 mod error;
 mod jobs;
 mod sagas;
@@ -58,6 +60,7 @@ pub fn configure(state: web::Data<State>, max_body_bytes: usize) -> impl FnOnce(
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .configure(jobs::routes)
+            .configure(dlq::routes)
             .configure(streams::routes)
             .configure(sagas::routes);
     }

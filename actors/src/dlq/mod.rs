@@ -72,7 +72,7 @@
 mod sink;
 mod storage;
 
-pub use sink::{DlqHandle, DlqSink, DlqSinkConfig};
+pub use sink::{DlqHandle, DlqSink, DlqSinkConfig, DlqWatcher};
 pub use storage::{DlqStore, MemoryDlqStore, SqliteDlqStore, DLQ_MIGRATIONS};
 
 use std::fmt;
@@ -88,10 +88,10 @@ use crate::error::FailureReason;
 use crate::store::StoreError;
 
 /// Where a dead letter came from: the pattern (`queue`, `topic`, `saga`,
-/// `jobs`, …) and the name of the queue, topic, saga or job kind.
+/// `job`, …) and the name of the queue, topic, saga or job kind.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DlqSource {
-    /// The pattern: `queue`, `topic`, `saga`, `jobs`, `scatter`, …
+    /// The pattern: `queue`, `topic`, `saga`, `job`, `scatter`, …
     pub pattern: String,
     /// The queue, topic, saga or job kind.
     pub name: String,

@@ -79,7 +79,13 @@ pub struct DlqSink {
     flush_scheduled: bool,
     depth: metrics::Gauge,
     evicted: metrics::Counter,
+    watchers: Watchers,
 }
+
+/// Called with each stored dead letter of a source; see [`DlqHandle::watch`].
+pub type DlqWatcher = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
+
+type Watchers = Arc<DashMap<DlqSource, DlqWatcher>>;
 
 impl DlqSink {
     /// Starts a sink over `store` in the current actix system.
@@ -96,7 +102,9 @@ impl DlqSink {
         });
         let gauge = metrics::gauge!(m::DLQ_DEPTH);
         gauge.set(depth as f64);
+        let watchers: Watchers = Arc::new(DashMap::new());
         let sink = DlqSink {
+            watchers: watchers.clone(),
             config: config.clone(),
             worker: worker.clone(),
             queue: VecDeque::new(),
@@ -110,7 +118,7 @@ impl DlqSink {
             ctx.set_mailbox_capacity(mailbox);
             sink
         });
-        Ok(DlqHandle { sink: addr, worker, targets: Arc::new(DashMap::new()) })
+        Ok(DlqHandle { sink: addr, worker, targets: Arc::new(DashMap::new()), watchers })
     }
 
     /// Starts a durable sink on `dlq.sqlite3` in `dir`.
@@ -152,6 +160,12 @@ impl DlqSink {
                     }
                     act.evicted.increment(evicted as u64);
                     act.depth.set(depth as f64);
+                    for l in &letters {
+                        let watcher = act.watchers.get(&l.source).map(|w| Arc::clone(w.value()));
+                        if let Some(watcher) = watcher {
+                            watcher(l);
+                        }
+                    }
                     for reply in replies {
                         let _ = reply.send(Ok(()));
                     }
@@ -227,6 +241,7 @@ pub struct DlqHandle {
     sink: Addr<DlqSink>,
     worker: Addr<StoreWorker>,
     targets: Arc<DashMap<DlqSource, Arc<dyn RedriveTarget>>>,
+    watchers: Watchers,
 }
 
 impl std::fmt::Debug for DlqHandle {
@@ -297,6 +312,21 @@ impl DlqHandle {
     /// queue registers itself when it starts). Replaces a previous target.
     pub fn register_redrive(&self, source: DlqSource, target: impl RedriveTarget) {
         self.targets.insert(source, Arc::new(target));
+    }
+
+    /// Calls `watcher` with every dead letter from `source` once it is
+    /// stored (replacing a previous watcher of that source). The owner of a
+    /// message that a pattern dead-letters on its behalf learns of it this
+    /// way: the job tracker fails the job whose queue message was
+    /// dead-lettered. It runs on the sink's thread: keep it short (send a
+    /// message, do not block).
+    pub fn watch(&self, source: DlqSource, watcher: impl Fn(&DeadLetter) + Send + Sync + 'static) {
+        self.watchers.insert(source, Arc::new(watcher));
+    }
+
+    /// True when a redrive target is registered for `source`.
+    pub fn has_redrive_target(&self, source: &DlqSource) -> bool {
+        self.targets.contains_key(source)
     }
 
     /// Removes the redrive target of `source`.

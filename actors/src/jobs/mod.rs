@@ -24,14 +24,40 @@
 //!
 //! The HTTP contract (202 + `Location` + `Retry-After`, 303 to the result,
 //! `DELETE` to cancel) is the gateway's; this module is the same thing in Rust.
+//!
+//! ## Queue-backed kinds (external workers)
+//!
+//! A kind registered with a queue ([`KindSpec::queue`]) has no worker actor:
+//! each submitted job is enqueued there as a [`JobMessage`] (`{"job_id",
+//! "kind", "input"}`) and stays `pending` until a worker, in any language,
+//! takes the message and reports through [`Report`]: progress (the job turns
+//! `running`), complete (`succeeded`) or fail (`failed`). Reports on a job
+//! that ended or was cancelled are refused ([`JobError::AlreadyEnded`]): the
+//! worker acks the message and moves on, so a cancelled job's message never
+//! makes it run. If the queue dead-letters the message (`max_deliveries`,
+//! `expired`) the job fails with that reason instead of waiting forever, and
+//! a job running longer than its kind's timeout fails with `timeout`.
+//!
+//! ## Failed jobs and the DLQ
+//!
+//! With a DLQ ([`JobTracker::with_dlq`]) a failed job is dead-lettered with
+//! source `job:<kind>` (pattern [`JOB_PATTERN`]), its envelope's id being the
+//! job's id and its payload the [`JobMessage`]; a queue-backed job whose
+//! message was dead-lettered has that entry (source `queue:<name>`) instead.
+//! **Redriving** either entry resubmits the job under the same id: a failed
+//! job goes back to `pending` (error cleared, [`JobView::attempts`] + 1) and
+//! runs again, so a client polling its URL sees it come back; a job the
+//! tracker already forgot is recreated. Entries of jobs that are pending,
+//! running, succeeded or cancelled are not redriven (they stay in the DLQ,
+//! with why).
 
 mod builtin;
 mod tracker;
 
 pub use builtin::{echo_worker, fail_worker, sleep_worker, BuiltinWorker};
 pub use tracker::{
-    Cancel, GetJob, JobError, JobTracker, JobTrackerConfig, JobView, KindSpec, RegisterKind, Submit, Submitted,
-    Validator,
+    Cancel, GetJob, JobError, JobTracker, JobTrackerConfig, JobUpdate, JobView, KindSpec, RegisterKind, Report,
+    Resubmit, Submit, Submitted, Validator, JOB_PATTERN,
 };
 
 use std::future::Future;
@@ -47,6 +73,26 @@ use crate::request_reply::{Request, RequestContext, Service};
 
 /// A job's id.
 pub type JobId = MessageId;
+
+/// A job as a queue-backed kind's queue carries it (and as a job's dead
+/// letter holds it as its payload).
+///
+/// ```
+/// use actorbus_actors::jobs::{JobId, JobMessage};
+/// let m = JobMessage { job_id: JobId::new(), kind: "resize".into(), input: serde_json::json!({"w": 64}) };
+/// let json = serde_json::to_value(&m).unwrap();
+/// assert_eq!(json["kind"], "resize");
+/// assert_eq!(serde_json::from_value::<JobMessage>(json).unwrap(), m);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobMessage {
+    /// The job's id: what the worker reports on.
+    pub job_id: JobId,
+    /// Its kind.
+    pub kind: String,
+    /// Its input.
+    pub input: Value,
+}
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
