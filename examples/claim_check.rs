@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actorbus::actors::claim_check::{ClaimCheck, ClaimError};
-use actorbus::actors::dead_letter::MemoryDeadLetters;
+use actorbus::actors::dlq::DlqFilter;
 use actorbus::actors::topic::TopicConfig;
 use actorbus::Bus;
 
@@ -18,11 +18,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = std::env::temp_dir().join(format!("actorbus-claim-check-{}", std::process::id()));
     let bus = Bus::builder().data_dir(&data).build()?;
     let claims = bus.claim_check().clone(); // claims.sqlite3 in the data directory
-    let dead_letters = MemoryDeadLetters::default();
-    let scans = bus.create_topic::<Vec<u8>>(
-        "scans.uploaded",
-        TopicConfig::new().claim_check(claims.clone(), 64 * 1024).dead_letter(Arc::new(dead_letters.clone())),
-    )?;
+    let scans =
+        bus.create_topic::<Vec<u8>>("scans.uploaded", TopicConfig::new().claim_check(claims.clone(), 64 * 1024))?;
     let mut ocr = bus.subscribe::<Vec<u8>>("scans.*").start()?;
     let mut archive = bus.subscribe::<Vec<u8>>("scans.>").start()?;
 
@@ -52,17 +49,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A ticket that expires before its subscriber gets to it.
     let reports = bus.create_topic::<Vec<u8>>(
         "reports.daily",
-        TopicConfig::new()
-            .claim_check(claims.clone(), 64 * 1024)
-            .claim_ttl(Duration::from_millis(50))
-            .dead_letter(Arc::new(dead_letters.clone())),
+        TopicConfig::new().claim_check(claims.clone(), 64 * 1024).claim_ttl(Duration::from_millis(50)),
     )?;
     let mut reader = bus.subscribe::<Vec<u8>>("reports.daily").start()?;
     reports.publish(vec![7; 100 * 1024]).await?;
     reports.publish(vec![1, 2, 3]).await?;
     actix_rt::time::sleep(Duration::from_millis(100)).await;
     let next = reader.next().await.ok_or("closed")?;
-    let letters: Vec<String> = dead_letters.take().iter().map(|d| d.reason.to_string()).collect();
+    // Topics made by the bus dead-letter to its DLQ (`dlq.sqlite3`).
+    let letters: Vec<String> = bus
+        .dlq()
+        .list(DlqFilter::default().source("topic", "reports.daily"))
+        .await?
+        .iter()
+        .map(|d| d.reason.to_string())
+        .collect();
     println!(
         "after expiry, the reader's next message is the small one ({:?}); dead letters: {letters:?}",
         next.payload
