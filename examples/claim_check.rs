@@ -5,7 +5,6 @@
 //!
 //! `cargo run --example claim_check`
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actorbus::actors::claim_check::{ClaimCheck, ClaimError};
