@@ -1,0 +1,513 @@
+//! `/v1/queues`: point-to-point queues over HTTP (DESIGN §6.3, §7).
+//!
+//! The routes serve queues of JSON payloads (`bus.queue::<serde_json::Value>`),
+//! whoever started them: `[[queues]]` in the config, or an embedding program.
+//!
+//! - `POST /v1/queues/{queue}/messages` with `{"payload", "priority"?,
+//!   "deadline_ms"?, "headers"?}`: 202 `{"id"}` once the queue accepted it.
+//!   A full queue answers by its overflow policy: `reject` 429 `queue_full`
+//!   (with `Retry-After`); `block` waits up to [`BLOCK_WAIT`] for room, then
+//!   503 `queue_full`; `drop_newest`, `drop_oldest` and `dead_letter` answer
+//!   202, the queue having dropped or dead-lettered a message (the new one
+//!   for `drop_newest` and `dead_letter`, the oldest waiting one for
+//!   `drop_oldest`), counted in its metrics.
+//! - `POST /v1/queues/{queue}/receive?max=N&wait_ms=T`: up to `max`
+//!   deliveries (1 to [`MAX_RECEIVE`], default 1), waiting up to `wait_ms`
+//!   (default 0, at most [`MAX_WAIT`]) for the first: `{"messages": [{"id",
+//!   "receipt", "attempt", "priority", "payload", "headers", "enqueued_at"}]}`.
+//! - `POST /v1/queues/{queue}/ack` and `/nack` with `{"receipts": [..],
+//!   "delay_ms"?}` (`delay_ms` for nack only: without it the queue's retry
+//!   policy decides): 200 `{"acked" | "nacked": n, "stale": [..]}` when at
+//!   least one receipt settled; 409 `stale_receipt` when none did.
+//!
+//! ## Receipts
+//!
+//! A delivery handed to an HTTP client stays in flight in its queue; the
+//! gateway holds its settler under an opaque receipt (`<n>.<random>`: the
+//! queue's delivery number and 64 random bits, so receipts cannot be
+//! guessed) until the client settles it, or until the queue's visibility
+//! timeout delivers the message again. A receipt stops settling anything a
+//! little *before* that timeout (a tenth of it, 20 ms to 1 s), so an ack the
+//! gateway accepts always reaches the queue in time; the gateway forgets it
+//! the same margin *after* the timeout (then the queue has redelivered it
+//! and ignores the late settle). Settling a receipt that is settled
+//! already, past its time, or was never issued is `stale`. At most
+//! [`MAX_HELD`] deliveries are held; a receive beyond that answers 429
+//! `too_many_unsettled`.
+//!
+//! The gateway takes from a queue only what a request returns: each receive
+//! opens a consumer with a credit of `max`, and closes it before answering,
+//! so a delivery it was sent but did not return goes back to the queue
+//! without counting an attempt.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actorbus_actors::envelope::{Envelope, Priority};
+use actorbus_actors::error::FailureReason;
+use actorbus_actors::metrics as m;
+use actorbus_actors::queue::{QueueError, QueueHandle, Settler};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::State;
+
+/// Most deliveries one receive returns.
+pub const MAX_RECEIVE: usize = 100;
+/// Longest long-poll wait; longer `wait_ms` values are cut to it.
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+/// How long an enqueue waits for room in a full `block` queue before it
+/// answers 503.
+pub const BLOCK_WAIT: Duration = Duration::from_secs(1);
+/// Deliveries the gateway holds for its clients at most, over all queues.
+pub const MAX_HELD: usize = 100_000;
+/// Receipts one ack or nack settles at most.
+pub const MAX_SETTLE: usize = 1_000;
+/// Longest nack delay.
+pub const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+/// Longest message deadline.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Headers one message may carry, at most.
+pub const MAX_HEADERS: usize = 64;
+/// A receive without `wait_ms` on a queue that holds messages waits this
+/// long for the queue to answer the new consumer.
+const GRACE: Duration = Duration::from_millis(50);
+
+/// Registers the routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/queues/{queue}/messages", web::post().to(enqueue))
+        .route("/v1/queues/{queue}/receive", web::post().to(receive))
+        .route("/v1/queues/{queue}/ack", web::post().to(ack))
+        .route("/v1/queues/{queue}/nack", web::post().to(nack));
+}
+
+/// Parses an enqueue or publish body: `{"payload": <any JSON>, "priority":
+/// 0-9, "deadline_ms": N, "headers": {"k": "v"}}`, all but `payload`
+/// optional (`null` counts as absent).
+pub(super) fn message_in(body: &[u8]) -> Result<Envelope<Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}")))?;
+    let invalid = |m: String| ApiError::bad_request("invalid_message", m);
+    let Value::Object(mut fields) = value else {
+        return Err(invalid("the body must be an object: {\"payload\": ...}".into()));
+    };
+    let payload = fields.remove("payload").ok_or_else(|| invalid("`payload` is required".into()))?;
+    let mut envelope = Envelope::new(payload);
+    for (key, value) in fields {
+        if value.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "priority" => {
+                let level = value.as_u64().and_then(|n| u8::try_from(n).ok()).and_then(|n| Priority::new(n).ok());
+                envelope.priority = level
+                    .ok_or_else(|| ApiError::bad_request("invalid_priority", "`priority` is an integer 0 to 9"))?;
+            }
+            "deadline_ms" => {
+                let max = MAX_DEADLINE.as_millis() as u64;
+                let ms = value.as_u64().filter(|ms| (1..=max).contains(ms)).ok_or_else(|| {
+                    invalid(format!("`deadline_ms` is an integer from 1 to {max} (milliseconds from now)"))
+                })?;
+                envelope = envelope.with_timeout(Duration::from_millis(ms));
+            }
+            "headers" => envelope.headers = headers_in(value)?,
+            other => return Err(invalid(format!("unknown field `{other}` (payload, priority, deadline_ms, headers)"))),
+        }
+    }
+    Ok(envelope)
+}
+
+fn headers_in(value: Value) -> Result<actorbus_actors::envelope::Headers, ApiError> {
+    let invalid = |m: String| ApiError::bad_request("invalid_message", m);
+    let Value::Object(map) = value else { return Err(invalid("`headers` must be an object of strings".into())) };
+    if map.len() > MAX_HEADERS {
+        return Err(invalid(format!("at most {MAX_HEADERS} headers")));
+    }
+    let mut headers = actorbus_actors::envelope::Headers::new();
+    for (k, v) in map {
+        let Value::String(v) = v else { return Err(invalid(format!("header `{k}` must be a string"))) };
+        if k.is_empty() || k.len() > 256 || v.len() > 4096 {
+            return Err(invalid("header names are 1 to 256 bytes, values at most 4096".into()));
+        }
+        headers.insert(k, v);
+    }
+    Ok(headers)
+}
+
+fn rfc3339(t: actorbus_actors::envelope::Timestamp) -> String {
+    humantime::format_rfc3339_millis(t.into()).to_string()
+}
+
+fn queue_of(state: &State, name: &str) -> Result<QueueHandle<Value>, ApiError> {
+    state
+        .bus
+        .queue_handle::<Value>(name)
+        .ok_or_else(|| ApiError::not_found("unknown_queue", format!("no queue named {name:?}")))
+}
+
+fn queue_error(e: QueueError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        QueueError::Full(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message),
+        QueueError::Closed(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+        QueueError::Invalid(_) => ApiError::bad_request("invalid_message", message),
+    }
+}
+
+async fn enqueue(
+    state: web::Data<State>,
+    queue: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let queue = queue_of(&state, &queue)?;
+    let envelope = message_in(&body)?;
+    // `send_envelope` is cancel-safe: giving up on a `block` queue leaves it
+    // as it was, and the client hears that nothing was stored.
+    let id = match tokio::time::timeout(BLOCK_WAIT, queue.send_envelope(envelope)).await {
+        Ok(sent) => sent.map_err(queue_error)?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                format!("queue `{}` stayed full for {} ms", queue.name(), BLOCK_WAIT.as_millis()),
+            ))
+        }
+    };
+    Ok(HttpResponse::Accepted().json(json!({"id": id.to_string()})))
+}
+
+/// `max` and `wait_ms` of a receive.
+fn receive_query(req: &HttpRequest) -> Result<(usize, Duration), ApiError> {
+    let bad = |m: String| ApiError::bad_request("invalid_query", m);
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map_err(|e| bad(format!("unreadable query string: {e}")))?;
+    let mut max = 1;
+    let mut wait = Duration::ZERO;
+    for (key, value) in query.iter() {
+        match key.as_str() {
+            "max" => {
+                max = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_RECEIVE).contains(n))
+                    .ok_or_else(|| bad(format!("`max` is an integer from 1 to {MAX_RECEIVE}")))?;
+            }
+            "wait_ms" => {
+                let ms = value.parse::<u64>().map_err(|_| bad("`wait_ms` is a number of milliseconds".into()))?;
+                wait = Duration::from_millis(ms).min(MAX_WAIT);
+            }
+            other => return Err(bad(format!("unknown parameter `{other}` (max, wait_ms)"))),
+        }
+    }
+    Ok((max, wait))
+}
+
+async fn receive(
+    state: web::Data<State>,
+    queue: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let queue = queue_of(&state, &queue)?;
+    let (max, mut wait) = receive_query(&req)?;
+    let held = &state.receipts;
+    let room = held.room(Instant::now());
+    if room == 0 {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_unsettled",
+            format!("the gateway holds {MAX_HELD} unsettled deliveries: ack or nack some first"),
+        ));
+    }
+    let max = max.min(room);
+    if wait.is_zero() && queue.depth() > 0 {
+        wait = GRACE;
+    }
+    let mut taken = Vec::new();
+    if !wait.is_zero() {
+        let mut consumer = queue.consumer(max).await.map_err(queue_error)?;
+        if let Ok(Some(first)) = tokio::time::timeout(wait, consumer.recv()).await {
+            taken.push(first);
+            while taken.len() < max {
+                match consumer.try_recv() {
+                    Some(d) => taken.push(d),
+                    None => break,
+                }
+            }
+        }
+        // Closing it now sends back whatever the queue pushed to it beyond
+        // what this request returns.
+        drop(consumer);
+    }
+    let now = Instant::now();
+    let visibility = queue.visibility_timeout();
+    let messages: Vec<Value> = taken
+        .into_iter()
+        .map(|delivery| {
+            let (envelope, settler) = delivery.into_parts();
+            let receipt = held.hold(queue.name(), settler, now, visibility);
+            json!({
+                "id": envelope.id.to_string(),
+                "receipt": receipt,
+                "attempt": envelope.attempt,
+                "priority": envelope.priority.get(),
+                "payload": envelope.payload,
+                "headers": envelope.headers,
+                "enqueued_at": rfc3339(envelope.created_at),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "messages": messages })))
+}
+
+/// An ack or nack body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleIn {
+    receipts: Vec<String>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
+}
+
+enum Outcome {
+    Ack,
+    Nack(Option<Duration>),
+}
+
+fn settle_in(body: &[u8]) -> Result<SettleIn, ApiError> {
+    let parsed: SettleIn = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("the body must be {{\"receipts\": [\"...\"]}}: {e}"))
+    })?;
+    if parsed.receipts.is_empty() || parsed.receipts.len() > MAX_SETTLE {
+        return Err(ApiError::bad_request("invalid_receipt", format!("give 1 to {MAX_SETTLE} receipts")));
+    }
+    Ok(parsed)
+}
+
+async fn ack(state: web::Data<State>, queue: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let queue = queue_of(&state, &queue)?;
+    let parsed = settle_in(&body)?;
+    if parsed.delay_ms.is_some() {
+        return Err(ApiError::bad_request("invalid_receipt", "`delay_ms` is for nack only"));
+    }
+    settle(&state, &queue, &parsed.receipts, Outcome::Ack)
+}
+
+async fn nack(state: web::Data<State>, queue: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let queue = queue_of(&state, &queue)?;
+    let parsed = settle_in(&body)?;
+    let delay = match parsed.delay_ms {
+        None => None,
+        Some(ms) if Duration::from_millis(ms) <= MAX_DELAY => Some(Duration::from_millis(ms)),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_delay",
+                format!("`delay_ms` is at most {} (24 h)", MAX_DELAY.as_millis()),
+            ))
+        }
+    };
+    settle(&state, &queue, &parsed.receipts, Outcome::Nack(delay))
+}
+
+fn settle(
+    state: &State,
+    queue: &QueueHandle<Value>,
+    receipts: &[String],
+    outcome: Outcome,
+) -> Result<HttpResponse, ApiError> {
+    let parsed = receipts
+        .iter()
+        .map(|r| {
+            parse_receipt(r).ok_or_else(|| ApiError::bad_request("invalid_receipt", format!("{r:?} is not a receipt")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (settlers, stale) = state.receipts.take(queue.name(), &parsed, Instant::now());
+    if settlers.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_receipt",
+            format!(
+                "no receipt settled anything ({}): each was settled already, passed its visibility timeout, or was \
+                 never issued; the queue delivers such messages again",
+                stale.iter().map(|&i| receipts[i].as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let n = settlers.len();
+    for settler in settlers {
+        match outcome {
+            Outcome::Ack => settler.ack(),
+            Outcome::Nack(None) => settler.nack(),
+            Outcome::Nack(Some(delay)) => settler.retry_after(delay),
+        }
+    }
+    let key = match outcome {
+        Outcome::Ack => "acked",
+        Outcome::Nack(_) => "nacked",
+    };
+    let stale: Vec<&str> = stale.iter().map(|&i| receipts[i].as_str()).collect();
+    let mut body = Map::new();
+    body.insert(key.into(), json!(n));
+    body.insert("stale".into(), json!(stale));
+    Ok(HttpResponse::Ok().json(Value::Object(body)))
+}
+
+/// A receipt as clients see it: the queue's delivery number, a dot, and 16
+/// hex digits of randomness.
+fn format_receipt(receipt: u64, nonce: u64) -> String {
+    format!("{receipt}.{nonce:016x}")
+}
+
+fn parse_receipt(text: &str) -> Option<(u64, u64)> {
+    let (n, nonce) = text.split_once('.')?;
+    if nonce.len() != 16 || n.is_empty() || n.len() > 20 {
+        return None;
+    }
+    Some((n.parse().ok()?, u64::from_str_radix(nonce, 16).ok()?))
+}
+
+type Key = (Arc<str>, u64);
+
+struct HeldDelivery {
+    nonce: u64,
+    settler: Settler,
+    /// Settles until then.
+    valid_until: Instant,
+    /// Its place in `by_drop`: forgotten at that time.
+    slot: (Instant, u64),
+}
+
+#[derive(Default)]
+struct Table {
+    by_key: HashMap<Key, HeldDelivery>,
+    by_drop: BTreeMap<(Instant, u64), Key>,
+    per_queue: HashMap<Arc<str>, usize>,
+    serial: u64,
+}
+
+impl Table {
+    fn count(&mut self, queue: &Arc<str>, delta: isize) {
+        let n = self.per_queue.entry(queue.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+        metrics::gauge!(m::GATEWAY_HELD_DELIVERIES, m::LABEL_NAME => queue.to_string()).set(*n as f64);
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<HeldDelivery> {
+        let held = self.by_key.remove(key)?;
+        self.by_drop.remove(&held.slot);
+        self.count(&key.0, -1);
+        Some(held)
+    }
+}
+
+/// The deliveries the gateway holds for HTTP clients, by receipt, shared by
+/// every HTTP worker. Bounded by [`MAX_HELD`]; entries leave when settled or
+/// a little after their queue's visibility timeout.
+#[derive(Clone, Default)]
+pub struct Receipts {
+    table: Arc<Mutex<Table>>,
+}
+
+impl std::fmt::Debug for Receipts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipts").field("held", &self.lock().by_key.len()).finish()
+    }
+}
+
+/// How long before (and after) the visibility timeout a receipt stops
+/// settling (and is forgotten).
+fn margin(visibility: Duration) -> Duration {
+    (visibility / 10).clamp(Duration::from_millis(20), Duration::from_secs(1))
+}
+
+impl Receipts {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Deliveries held now.
+    pub fn len(&self) -> usize {
+        self.lock().by_key.len()
+    }
+
+    /// True when none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many more deliveries may be held, after forgetting expired ones.
+    fn room(&self, now: Instant) -> usize {
+        self.sweep(now);
+        MAX_HELD.saturating_sub(self.len())
+    }
+
+    fn hold(&self, queue: &str, settler: Settler, now: Instant, visibility: Duration) -> String {
+        let nonce = uuid::Uuid::new_v4().as_u64_pair().0;
+        let receipt = settler.receipt();
+        let margin = margin(visibility);
+        let mut table = self.lock();
+        let queue: Arc<str> = match table.per_queue.get_key_value(queue) {
+            Some((k, _)) => k.clone(),
+            None => queue.into(),
+        };
+        table.serial += 1;
+        let slot = (now + visibility + margin, table.serial);
+        let held = HeldDelivery { nonce, settler, valid_until: now + visibility.saturating_sub(margin), slot };
+        table.by_drop.insert(slot, (queue.clone(), receipt));
+        match table.by_key.insert((queue.clone(), receipt), held) {
+            // Receipts are unique per queue, but a queue restarted under the
+            // same name counts again from 1: the old delivery's queue is gone.
+            Some(old) => {
+                table.by_drop.remove(&old.slot);
+            }
+            None => table.count(&queue, 1),
+        }
+        format_receipt(receipt, nonce)
+    }
+
+    /// Takes the settlers of the receipts that may still settle; gives the
+    /// indexes of the others.
+    fn take(&self, queue: &str, receipts: &[(u64, u64)], now: Instant) -> (Vec<Settler>, Vec<usize>) {
+        let mut table = self.lock();
+        let mut settlers = Vec::new();
+        let mut stale = Vec::new();
+        for (i, &(receipt, nonce)) in receipts.iter().enumerate() {
+            let key: Key = (queue.into(), receipt);
+            let usable = table.by_key.get(&key).is_some_and(|h| h.nonce == nonce && now < h.valid_until);
+            match usable.then(|| table.remove(&key)).flatten() {
+                Some(held) => settlers.push(held.settler),
+                None => stale.push(i),
+            }
+        }
+        (settlers, stale)
+    }
+
+    /// Forgets deliveries past their visibility timeout (the queue has
+    /// delivered them again); their late settle tells the queue to forget
+    /// them too.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut expired = Vec::new();
+        {
+            let mut table = self.lock();
+            while let Some(entry) = table.by_drop.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let key = entry.remove();
+                if let Some(held) = table.by_key.remove(&key) {
+                    table.count(&key.0, -1);
+                    metrics::counter!(m::GATEWAY_EXPIRED_RECEIPTS, m::LABEL_NAME => key.0.to_string()).increment(1);
+                    expired.push(held.settler);
+                }
+            }
+        }
+        let n = expired.len();
+        for settler in expired {
+            settler.nack_with(FailureReason::Timeout);
+        }
+        n
+    }
+}
