@@ -76,6 +76,9 @@ pub const MAX_HEADERS: usize = 64;
 /// A receive without `wait_ms` on a queue that holds messages waits this
 /// long for the queue to answer the new consumer.
 const GRACE: Duration = Duration::from_millis(50);
+/// After the first delivery, how long a receive waits for each next one
+/// before it answers with what it has.
+const LINGER: Duration = Duration::from_millis(2);
 
 /// Registers the routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -231,10 +234,15 @@ async fn receive(
         let mut consumer = queue.consumer(max).await.map_err(queue_error)?;
         if let Ok(Some(first)) = tokio::time::timeout(wait, consumer.recv()).await {
             taken.push(first);
+            // The queue sends a batch one delivery at a time from its own
+            // thread: the rest of it may still be on its way.
             while taken.len() < max {
                 match consumer.try_recv() {
                     Some(d) => taken.push(d),
-                    None => break,
+                    None => match tokio::time::timeout(LINGER, consumer.recv()).await {
+                        Ok(Some(d)) => taken.push(d),
+                        _ => break,
+                    },
                 }
             }
         }
