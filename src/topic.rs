@@ -55,8 +55,12 @@ impl Bus {
     ///     let bus = Bus::builder().build().unwrap();
     ///     let audit = bus.queue::<String>("audit").start().unwrap();
     ///     let topic = bus.bind_queue::<String>("orders.created", "audit").unwrap();
+    ///     // Published before any consumer runs: it waits in the queue.
     ///     topic.publish("order-1".to_owned()).await.unwrap();
-    ///     assert_eq!(audit.depth(), 1, "stored for a consumer that is not running yet");
+    ///     let mut consumer = audit.consumer(1).await.unwrap();
+    ///     let delivery = consumer.recv().await.unwrap();
+    ///     assert_eq!(delivery.payload(), "order-1");
+    ///     delivery.ack();
     /// });
     /// ```
     pub fn bind_queue<T: QueueMessage + Sync>(&self, topic: &str, queue: &str) -> Result<TopicHandle<T>, BusError> {
