@@ -2,10 +2,11 @@
 # Gateway enqueue throughput with wrk (DESIGN §8, issue 7): `actorbus serve`
 # with one queue beside examples/gateway_baseline.rs (an actix-web handler
 # that reads the body and returns 202), same HTTP worker count, same wrk Lua
-# POST script and connection count. Prints both rates and the ratio.
+# POST script and connection count, in alternating rounds. Prints each
+# round, the median rates and the median ratio.
 #
-#   scripts/bench-gateway.sh                 # 10 s per side, 64 connections, 2 workers
-#   DURATION=30s CONNECTIONS=128 WORKERS=4 scripts/bench-gateway.sh
+#   scripts/bench-gateway.sh        # 3 alternating rounds of 10 s per side, 64 connections, 2 workers
+#   ROUNDS=5 DURATION=30s CONNECTIONS=128 WORKERS=4 scripts/bench-gateway.sh
 #
 # The queue holds up to 5,000,000 messages under `drop_oldest`, so it never
 # refuses an enqueue (were it to fill, the oldest messages are dropped and
@@ -14,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-2}
@@ -77,7 +79,6 @@ wait_up "$GW_URL"
 wait_up "$BASE_URL"
 
 run() { # url -> requests/s (fails on any non-2xx answer)
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/post.lua" "$1" >/dev/null
     local out
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/post.lua" "$1")
     echo "$out" >&2
@@ -88,13 +89,27 @@ run() { # url -> requests/s (fails on any non-2xx answer)
     echo "$out" | awk '/Requests\/sec/ {print $2}'
 }
 
-echo "== baseline: actix-web handler returning 202 ($WORKERS workers, $CONNECTIONS connections, $DURATION)" >&2
-BASE=$(run "$BASE_URL")
-echo "== actorbus gateway enqueue ($WORKERS workers, $CONNECTIONS connections, $DURATION)" >&2
-GW=$(run "$GW_URL")
+# Warm both up, then alternate rounds so that load from anything else on
+# the machine falls on both sides alike; the median of the rounds counts.
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/post.lua" "$BASE_URL" >/dev/null
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/post.lua" "$GW_URL" >/dev/null
+BASES=()
+GWS=()
+RATIOS=()
+for round in $(seq 1 "$ROUNDS"); do
+    echo "== round $round: baseline, actix-web handler returning 202 ($WORKERS workers, $CONNECTIONS connections, $DURATION)" >&2
+    b=$(run "$BASE_URL")
+    echo "== round $round: actorbus gateway enqueue" >&2
+    g=$(run "$GW_URL")
+    BASES+=("$b")
+    GWS+=("$g")
+    RATIOS+=("$(awk -v g="$g" -v b="$b" 'BEGIN { printf "%.3f", g / b }')")
+    printf 'round %d: baseline %.0f req/s, actorbus %.0f req/s, ratio %.2f\n' "$round" "$b" "$g" "${RATIOS[-1]}"
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ENQUEUED=$(curl -s "http://127.0.0.1:$GW_PORT/metrics" | awk '/^actorbus_queue_enqueued_total\{name="bench"\}/ {print $2}')
 
 echo
-printf 'baseline (actix-web, 202 only): %12.0f req/s\n' "$BASE"
-printf 'actorbus enqueue:               %12.0f req/s  (%s messages enqueued in all)\n' "$GW" "$ENQUEUED"
-awk -v g="$GW" -v b="$BASE" 'BEGIN { printf "ratio: %.2f x (target >= 0.5 x)\n", g / b }'
+printf 'baseline (actix-web, 202 only): %12.0f req/s (median of %d)\n' "$(median "${BASES[@]}")" "$ROUNDS"
+printf 'actorbus enqueue:               %12.0f req/s (median; %s messages enqueued in all)\n' "$(median "${GWS[@]}")" "$ENQUEUED"
+printf 'ratio: %.2f x, median of the rounds (target >= 0.5 x)\n' "$(median "${RATIOS[@]}")"

@@ -69,11 +69,11 @@ pub fn configure(state: web::Data<State>, max_body_bytes: usize) -> impl FnOnce(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
+            .configure(queues::routes)
+            .configure(topics::routes)
             .configure(jobs::routes)
             .configure(streams::routes)
-            .configure(sagas::routes)
-            .configure(queues::routes)
-            .configure(topics::routes);
+            .configure(sagas::routes);
     }
 }
 

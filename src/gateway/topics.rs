@@ -34,7 +34,7 @@ pub const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 
 /// Registers the routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/topics/{topic}", web::post().to(publish));
+    cfg.service(web::scope("/v1/topics").route("/{topic}", web::post().to(publish)));
 }
 
 fn topic_of(state: &State, name: &str) -> Result<TopicHandle<Value>, ApiError> {
