@@ -46,6 +46,10 @@ durable_subscriptions = [{ queue = "work" }, { queue = "audit" }]
 
 [[topics]]
 name = "orders.cancelled"
+
+[[topics]]
+name = "alerts"
+durable_subscriptions = [{ queue = "small" }]
 "#;
 
 fn enqueue(server: &Server, queue: &str, body: Value) -> String {
@@ -262,4 +266,35 @@ fn unknown_queues_and_topics_are_404() {
     assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_topic"));
     let r = server.post_json("/v1/topics/orders.*", r#"{"payload": 1}"#);
     assert_eq!(r.status, 404);
+}
+
+#[test]
+fn a_long_poll_returns_a_message_enqueued_while_it_waits() {
+    let server = std::sync::Arc::new(Server::start(CONFIG));
+    let waiting = {
+        let server = server.clone();
+        std::thread::spawn(move || receive(&server, "work", 5, 10_000))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiting.is_finished(), "an empty queue makes the receive wait");
+    let id = enqueue(&server, "work", json!({"payload": "late"}));
+    let got = waiting.join().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0]["id"].as_str(), got[0]["payload"].as_str()), (Some(id.as_str()), Some("late")));
+    // Nothing else was taken: a second waiter sees an empty queue.
+    assert!(receive(&server, "work", 5, 100).is_empty());
+}
+
+#[test]
+fn a_bound_queue_that_refuses_fails_the_publish() {
+    let server = Server::start(CONFIG);
+    for i in 0..2 {
+        let r = server.post_json("/v1/topics/alerts", &json!({"payload": i}).to_string());
+        assert_eq!(r.status, 202);
+    }
+    let refused = server.post_json("/v1/topics/alerts", r#"{"payload": 2}"#);
+    assert_eq!((refused.status, refused.error_code().as_str()), (503, "durable_refused"));
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let got = receive(&server, "small", 10, 1_000);
+    assert_eq!(got.iter().map(|m| m["payload"].clone()).collect::<Vec<_>>(), [json!(0), json!(1)]);
 }
