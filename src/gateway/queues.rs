@@ -245,14 +245,16 @@ async fn receive(
     if !wait.is_zero() {
         let mut consumer = queue.consumer(max).await.map_err(queue_error)?;
         if let Ok(Some(first)) = tokio::time::timeout(wait, consumer.recv()).await {
-            taken.push(first);
+            // Each delivery's clock starts when it got here, which is as
+            // close as the gateway sees to when the queue sent it.
+            taken.push((first, Instant::now()));
             // The queue sends a batch one delivery at a time from its own
             // thread: the rest of it may still be on its way.
             while taken.len() < max {
                 match consumer.try_recv() {
-                    Some(d) => taken.push(d),
+                    Some(d) => taken.push((d, Instant::now())),
                     None => match tokio::time::timeout(LINGER, consumer.recv()).await {
-                        Ok(Some(d)) => taken.push(d),
+                        Ok(Some(d)) => taken.push((d, Instant::now())),
                         _ => break,
                     },
                 }
@@ -262,13 +264,12 @@ async fn receive(
         // what this request returns.
         drop(consumer);
     }
-    let now = Instant::now();
     let visibility = queue.visibility_timeout();
     let messages: Vec<Value> = taken
         .into_iter()
-        .map(|delivery| {
+        .map(|(delivery, arrived)| {
             let (envelope, settler) = delivery.into_parts();
-            let receipt = held.hold(queue.name(), settler, now, visibility);
+            let receipt = held.hold(queue.name(), settler, arrived, visibility);
             json!({
                 "id": envelope.id.to_string(),
                 "receipt": receipt,
