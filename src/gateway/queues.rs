@@ -229,7 +229,10 @@ async fn receive(
     let queue = queue_of(&state, &queue)?;
     let (max, mut wait) = receive_query(&req)?;
     let held = &state.receipts;
-    let room = held.room(Instant::now());
+    // Places are reserved before taking from the queue, so concurrent
+    // receives together never hold more than MAX_HELD.
+    let reservation = held.reserve(max, Instant::now());
+    let room = reservation.places;
     if room == 0 {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -281,6 +284,7 @@ async fn receive(
             })
         })
         .collect();
+    drop(reservation);
     Ok(HttpResponse::Ok().json(json!({ "messages": messages })))
 }
 
@@ -406,7 +410,23 @@ struct Table {
     by_key: HashMap<Key, HeldDelivery>,
     by_drop: BTreeMap<(Instant, u64), Key>,
     per_queue: HashMap<Arc<str>, usize>,
+    /// Places promised to receives under way.
+    reserved: usize,
     serial: u64,
+}
+
+/// Places a receive may fill; given back when dropped (also when the client
+/// went away mid-request).
+struct Reservation {
+    receipts: Receipts,
+    places: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut table = self.receipts.lock();
+        table.reserved = table.reserved.saturating_sub(self.places);
+    }
 }
 
 impl Table {
@@ -459,10 +479,16 @@ impl Receipts {
         self.len() == 0
     }
 
-    /// How many more deliveries may be held, after forgetting expired ones.
-    fn room(&self, now: Instant) -> usize {
+    /// Reserves up to `wanted` places (after forgetting expired deliveries);
+    /// the places go back when the reservation is dropped, by which time the
+    /// deliveries taken hold places of their own.
+    fn reserve(&self, wanted: usize, now: Instant) -> Reservation {
         self.sweep(now);
-        MAX_HELD.saturating_sub(self.len())
+        let mut table = self.lock();
+        let free = MAX_HELD.saturating_sub(table.by_key.len() + table.reserved);
+        let places = wanted.min(free);
+        table.reserved += places;
+        Reservation { receipts: self.clone(), places }
     }
 
     fn hold(&self, queue: &str, settler: Settler, now: Instant, visibility: Duration) -> String {
@@ -530,5 +556,73 @@ impl Receipts {
             settler.nack_with(FailureReason::Timeout);
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_round_trip_and_refuse_junk() {
+        let r = format_receipt(42, 0x00ab_cdef_0123_4567);
+        assert_eq!(r, "42.00abcdef01234567");
+        assert_eq!(parse_receipt(&r), Some((42, 0x00ab_cdef_0123_4567)));
+        for junk in [
+            "",
+            "42",
+            "42.",
+            ".00abcdef01234567",
+            "42.abc",
+            "x.00abcdef01234567",
+            "42.00abcdef0123456g",
+            "-1.00abcdef01234567",
+        ] {
+            assert_eq!(parse_receipt(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_receipt_stops_settling_before_the_queue_redelivers() {
+        assert_eq!(margin(Duration::from_secs(30)), Duration::from_secs(1));
+        assert_eq!(margin(Duration::from_millis(500)), Duration::from_millis(50));
+        assert_eq!(margin(Duration::from_millis(50)), Duration::from_millis(20));
+    }
+
+    #[actix_rt::test]
+    async fn held_deliveries_settle_once_and_expire_with_no_leak() {
+        use actorbus_actors::dlq::DlqSink;
+        use actorbus_actors::queue::{Queue, QueueConfig};
+
+        let queue = Queue::<u32>::start(QueueConfig::named("held"), DlqSink::in_memory()).unwrap();
+        let mut consumer = queue.consumer(2).await.unwrap();
+        queue.send(1).await.unwrap();
+        queue.send(2).await.unwrap();
+        let receipts = Receipts::default();
+        let now = Instant::now();
+        let vis = Duration::from_secs(1);
+        let (_, a) = consumer.recv().await.unwrap().into_parts();
+        let (_, b) = consumer.recv().await.unwrap().into_parts();
+        let ra = parse_receipt(&receipts.hold("held", a, now, vis)).unwrap();
+        let rb = parse_receipt(&receipts.hold("held", b, now, vis)).unwrap();
+        assert_eq!(receipts.len(), 2);
+        // A guessed random part settles nothing and leaves the real one held.
+        let (got, stale) = receipts.take("held", &[(ra.0, ra.1 ^ 1)], now);
+        assert_eq!((got.len(), stale), (0, vec![0]));
+        let (got, stale) = receipts.take("held", &[ra, ra], now);
+        assert_eq!((got.len(), stale), (1, vec![1]), "a receipt settles once");
+        got.into_iter().for_each(Settler::ack);
+        // Past the margin before the timeout: stale, but still held until
+        // the queue has redelivered it; then forgotten.
+        let (got, _) = receipts.take("held", &[rb], now + vis - Duration::from_millis(50));
+        assert!(got.is_empty());
+        assert_eq!(receipts.sweep(now + vis), 0);
+        assert_eq!(receipts.sweep(now + vis + margin(vis)), 1);
+        assert!(receipts.is_empty());
+        let reservation = receipts.reserve(MAX_HELD + 5, now);
+        assert_eq!(reservation.places, MAX_HELD);
+        assert_eq!(receipts.reserve(1, now).places, 0, "nothing left while reserved");
+        drop(reservation);
+        assert_eq!(receipts.reserve(1, now).places, 1);
     }
 }
