@@ -79,7 +79,7 @@ pub const MAX_HEADERS: usize = 64;
 const GRACE: Duration = Duration::from_millis(50);
 /// After the first delivery, how long a receive waits for each next one
 /// before it answers with what it has.
-const LINGER: Duration = Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(5);
 
 /// Registers the routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -252,10 +252,13 @@ async fn receive(
             // close as the gateway sees to when the queue sent it.
             taken.push((first, Instant::now()));
             // The queue sends a batch one delivery at a time from its own
-            // thread: the rest of it may still be on its way.
+            // thread: the rest of it may still be on its way. It publishes
+            // its depth once a batch is out, so a depth of 0 means nothing
+            // more is coming.
             while taken.len() < max {
                 match consumer.try_recv() {
                     Some(d) => taken.push((d, Instant::now())),
+                    None if queue.depth() == 0 => break,
                     None => match tokio::time::timeout(LINGER, consumer.recv()).await {
                         Ok(Some(d)) => taken.push((d, Instant::now())),
                         _ => break,
