@@ -6,6 +6,19 @@
 //! admin_token = "change-me"        # or the ACTORBUS_ADMIN_TOKEN variable
 //! max_body_bytes = 1048576
 //!
+//! [[queues]]                       # served at /v1/queues/{name}/…
+//! name = "orders"
+//! capacity = 100000                # default 100,000
+//! overflow = "reject"              # block (default) | reject | drop_oldest | drop_newest | dead_letter
+//! max_deliveries = 3               # default 5
+//! visibility_timeout_ms = 30000    # default 30 s
+//! priority = false                 # true: deliver by priority 9..0
+//! claim_check_threshold_bytes = 65536  # accepted; applied once queues have a claim check
+//!
+//! [[topics]]                       # served at /v1/topics/{name}
+//! name = "orders.created"
+//! durable_subscriptions = [{ queue = "orders" }]   # queues declared above
+//!
 //! [[jobs]]
 //! kind = "echo"
 //! worker = "builtin:echo"          # built-in demo workers: echo, fail, sleep
@@ -101,7 +114,9 @@ pub struct QueueConfig {
     /// Deliver by priority.
     #[serde(default)]
     pub priority: bool,
-    /// Payloads larger than this travel as claim-check tickets.
+    /// Payloads larger than this travel as claim-check tickets. Accepted
+    /// and checked now; applied once queues support a claim check (until
+    /// then payloads travel inline, bounded by `max_body_bytes`).
     #[serde(default)]
     pub claim_check_threshold_bytes: Option<u64>,
 }
@@ -112,7 +127,8 @@ pub struct QueueConfig {
 pub struct TopicConfig {
     /// Its name.
     pub name: String,
-    /// Queues bound to it.
+    /// Queues bound to it: each receives every message published to the
+    /// topic (at-least-once, with the queue's ack, retry and DLQ).
     #[serde(default)]
     pub durable_subscriptions: Vec<DurableSubscription>,
 }
@@ -270,13 +286,70 @@ impl Config {
             }
             job.worker_spec()?;
         }
-        if let Some(q) = self.queues.first() {
-            return invalid(format!("queue `{}`: queues are not served by this build yet", q.name));
-        }
-        if let Some(t) = self.topics.first() {
-            return invalid(format!("topic `{}`: topics are not served by this build yet", t.name));
+        self.check_queues()?;
+        self.check_topics()
+    }
+
+    fn check_queues(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut names = std::collections::HashSet::new();
+        for q in &self.queues {
+            if !is_name(&q.name) {
+                return invalid(format!("queue `{}`: use 1 to 128 letters, digits, `-`, `_` and `.`", q.name));
+            }
+            if !names.insert(q.name.as_str()) {
+                return invalid(format!("queue `{}` is defined twice", q.name));
+            }
+            if q.capacity == 0 || q.max_deliveries == 0 || q.visibility_timeout_ms == 0 {
+                return invalid(format!(
+                    "queue `{}`: capacity, max_deliveries and visibility_timeout_ms must be at least 1",
+                    q.name
+                ));
+            }
+            if q.claim_check_threshold_bytes == Some(0) {
+                return invalid(format!("queue `{}`: claim_check_threshold_bytes must be at least 1", q.name));
+            }
         }
         Ok(())
+    }
+
+    fn check_topics(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut names = std::collections::HashSet::new();
+        for t in &self.topics {
+            if let Err(e) = actorbus_actors::topic::validate_subject(&t.name) {
+                return invalid(format!("topic `{}`: {e}", t.name));
+            }
+            if !names.insert(t.name.as_str()) {
+                return invalid(format!("topic `{}` is defined twice", t.name));
+            }
+            let mut bound = std::collections::HashSet::new();
+            for sub in &t.durable_subscriptions {
+                if !self.queues.iter().any(|q| q.name == sub.queue) {
+                    return invalid(format!(
+                        "topic `{}`: durable subscription to queue `{}`, which is not declared in [[queues]]",
+                        t.name, sub.queue
+                    ));
+                }
+                if !bound.insert(sub.queue.as_str()) {
+                    return invalid(format!("topic `{}`: queue `{}` is bound twice", t.name, sub.queue));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Queue names appear in URL paths: keep them to characters that need no
+/// escaping.
+fn is_name(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+impl QueueConfig {
+    /// The visibility timeout as a duration.
+    pub fn visibility_timeout(&self) -> Duration {
+        Duration::from_millis(self.visibility_timeout_ms)
     }
 }
 
@@ -322,9 +395,54 @@ mod tests {
             ),
             ("max_body_bytes = 0", "at least 1"),
             ("[[queues]]\nname = \"q\"\noverflow = \"explode\"", "unknown variant"),
+            ("[[queues]]\nname = \"a/b\"", "use 1 to 128 letters"),
+            ("[[queues]]\nname = \"q\"\n[[queues]]\nname = \"q\"", "defined twice"),
+            ("[[queues]]\nname = \"q\"\ncapacity = 0", "at least 1"),
+            ("[[queues]]\nname = \"q\"\nvisibility_timeout_ms = 0", "at least 1"),
+            ("[[queues]]\nname = \"q\"\ncolour = \"red\"", "unknown field"),
+            ("[[topics]]\nname = \"orders.*\"", "topic `orders.*`"),
+            ("[[topics]]\nname = \"t\"\ndurable_subscriptions = [{ queue = \"ghost\" }]", "not declared"),
+            (
+                "[[queues]]\nname = \"q\"\n[[topics]]\nname = \"t\"\ndurable_subscriptions = [{ queue = \"q\" }, { queue = \"q\" }]",
+                "bound twice",
+            ),
+            ("[[topics]]\nname = \"t\"\n[[topics]]\nname = \"t\"", "defined twice"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn parses_the_design_example_queues_and_topics() {
+        let c = Config::parse(
+            r#"
+            [[queues]]
+            name = "orders"
+            capacity = 100000
+            overflow = "reject"
+            max_deliveries = 3
+            visibility_timeout_ms = 30000
+            priority = false
+            claim_check_threshold_bytes = 65536
+
+            [[queues]]
+            name = "audit"
+
+            [[topics]]
+            name = "orders.created"
+            durable_subscriptions = [{ queue = "orders" }, { queue = "audit" }]
+            "#,
+        )
+        .unwrap();
+        let orders = &c.queues[0];
+        assert_eq!((orders.capacity, orders.overflow, orders.max_deliveries), (100_000, OverflowPolicy::Reject, 3));
+        assert_eq!(orders.visibility_timeout(), Duration::from_secs(30));
+        assert_eq!(orders.claim_check_threshold_bytes, Some(65_536));
+        let audit = &c.queues[1];
+        assert_eq!((audit.capacity, audit.overflow, audit.max_deliveries), (100_000, OverflowPolicy::Block, 5));
+        assert!(!audit.priority);
+        let bound: Vec<&str> = c.topics[0].durable_subscriptions.iter().map(|d| d.queue.as_str()).collect();
+        assert_eq!(bound, ["orders", "audit"]);
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use actorbus::actors::backpressure::OverflowPolicy;
 use actorbus::actors::jobs::JobTrackerConfig;
 use actorbus::actors::queue::QueueHandle;
+use actorbus::actors::topic::TopicConfig;
 use actorbus::config::{Config, WorkerSpec};
 use actorbus::gateway::{self, GatewayConfig};
 use actorbus::{Bus, BusError};
@@ -46,6 +47,7 @@ pub fn run(
     actix::System::new().block_on(async move {
         let jobs = JobTrackerConfig { retention: Duration::from_millis(config.job_retention_ms), ..Default::default() };
         let bus = Bus::builder().jobs(jobs).data_dir(&config.data_dir).build()?;
+        start_queues_and_topics(&bus, &config)?;
         for job in &config.jobs {
             match job.worker_spec()? {
                 WorkerSpec::Builtin(worker) => {
@@ -77,4 +79,32 @@ pub fn run(
         tracing::info!(services = report.services, took = ?report.took, "stopped");
         Ok(())
     })
+}
+
+/// Starts the configured queues, then the topics (whose durable
+/// subscriptions name queues), all carrying JSON: what the gateway's
+/// `/v1/queues` and `/v1/topics` routes serve.
+fn start_queues_and_topics(bus: &Bus, config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    for q in &config.queues {
+        let mut builder = bus
+            .queue::<serde_json::Value>(&q.name)
+            .capacity(q.capacity)
+            .overflow(q.overflow)
+            .max_deliveries(q.max_deliveries)
+            .visibility_timeout(q.visibility_timeout());
+        if q.priority {
+            builder = builder.priority(None);
+        }
+        builder.start()?;
+        if let Some(threshold) = q.claim_check_threshold_bytes {
+            tracing::info!(queue = %q.name, threshold, "claim_check_threshold_bytes is not applied to queues by this build");
+        }
+    }
+    for t in &config.topics {
+        bus.create_topic::<serde_json::Value>(&t.name, TopicConfig::new())?;
+        for sub in &t.durable_subscriptions {
+            bus.bind_queue::<serde_json::Value>(&t.name, &sub.queue)?;
+        }
+    }
+    Ok(())
 }

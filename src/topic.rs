@@ -7,13 +7,14 @@ use actix::Recipient;
 use actorbus_actors::backpressure::OverflowPolicy;
 use actorbus_actors::dead_letter::SharedHook;
 use actorbus_actors::envelope::Envelope;
+use actorbus_actors::queue::QueueMessage;
 use actorbus_actors::topic::{
     Published, Subscription, SubscriptionConfig, SubscriptionId, TopicConfig, TopicError, TopicHandle,
 };
 
 use serde::Serialize;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, BusError};
 
 impl Bus {
     /// The topic `name` (a subject such as `orders.eu.created`), created
@@ -55,6 +56,37 @@ impl Bus {
     ) -> Result<TopicHandle<T>, TopicError> {
         let dlq: SharedHook = Arc::new(self.dlq().clone());
         self.topics().create(name, config.dead_letter_or(dlq))
+    }
+
+    /// Binds the queue `queue` (started with [`Bus::queue`], payload type
+    /// `T`) to the topic `topic` (created if missing) as a durable
+    /// subscription: every message published to the topic is enqueued
+    /// before the publish returns, and waits there for the queue's
+    /// consumers, with ack, retry and dead-lettering (DESIGN §6.4). Binding
+    /// the same queue twice changes nothing.
+    ///
+    /// ```
+    /// use actorbus::Bus;
+    ///
+    /// actix::System::new().block_on(async {
+    ///     let bus = Bus::builder().build().unwrap();
+    ///     let audit = bus.queue::<String>("audit").start().unwrap();
+    ///     let topic = bus.bind_queue::<String>("orders.created", "audit").unwrap();
+    ///     // Published before any consumer runs: it waits in the queue.
+    ///     topic.publish("order-1".to_owned()).await.unwrap();
+    ///     let mut consumer = audit.consumer(1).await.unwrap();
+    ///     let delivery = consumer.recv().await.unwrap();
+    ///     assert_eq!(delivery.payload(), "order-1");
+    ///     delivery.ack();
+    /// });
+    /// ```
+    pub fn bind_queue<T: QueueMessage + Sync>(&self, topic: &str, queue: &str) -> Result<TopicHandle<T>, BusError> {
+        let handle = self
+            .queue_handle::<T>(queue)
+            .ok_or_else(|| BusError::Invalid(format!("no queue `{queue}` carrying this payload type")))?;
+        let topic = self.topic::<T>(topic).map_err(|e| BusError::Invalid(e.to_string()))?;
+        topic.bind_queue(&handle);
+        Ok(topic)
     }
 
     /// Prepares a subscription to every topic of payload type `T` whose name

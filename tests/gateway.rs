@@ -25,6 +25,13 @@ worker = "builtin:sleep"
 [[jobs]]
 kind = "fail"
 worker = "builtin:fail"
+
+[[queues]]
+name = "orders"
+
+[[topics]]
+name = "orders.created"
+durable_subscriptions = [{ queue = "orders" }]
 "#;
 
 /// Polls a job's status URL until it stops answering 200-and-unfinished.
@@ -146,6 +153,12 @@ fn malformed_requests_get_json_errors_and_lose_nothing() {
     let before: Vec<String> = (0..5)
         .map(|i| server.post_json("/v1/jobs/echo", &format!(r#"{{"i": {i}}}"#)).header("location").unwrap().to_owned())
         .collect();
+    let mut stored: Vec<String> = (0..5)
+        .map(|i| {
+            server.post_json("/v1/queues/orders/messages", &format!(r#"{{"payload": {i}}}"#)).json()["id"].to_string()
+        })
+        .collect();
+    stored.push(server.post_json("/v1/topics/orders.created", r#"{"payload": "via topic"}"#).json()["id"].to_string());
 
     let huge = format!(r#"{{"blob": "{}"}}"#, "x".repeat(10_000));
     let mut cases: Vec<(Vec<u8>, u16)> = vec![
@@ -187,6 +200,49 @@ fn malformed_requests_get_json_errors_and_lose_nothing() {
             .into_bytes(),
             400,
         ),
+        // Queues and topics.
+        (post("/v1/queues/orders/messages", b"{not json"), 400),
+        (post("/v1/queues/orders/messages", b""), 400),
+        (post("/v1/queues/orders/messages", b"[1]"), 400),
+        (post("/v1/queues/orders/messages", br#"{"priority": 1}"#), 400),
+        (post("/v1/queues/orders/messages", br#"{"payload": 1, "priority": 10}"#), 400),
+        (post("/v1/queues/orders/messages", br#"{"payload": 1, "priority": -1}"#), 400),
+        (post("/v1/queues/orders/messages", br#"{"payload": 1, "priority": "high"}"#), 400),
+        (post("/v1/queues/orders/messages", br#"{"payload": 1, "priority": 1.5}"#), 400),
+        (post("/v1/queues/orders/messages", br#"{"payload": 1, "deadline_ms": 0}"#), 400),
+        (post("/v1/queues/orders/messages", br#"{"payload": 1, "deadline_ms": 1e99}"#), 400),
+        (post("/v1/queues/orders/messages", br#"{"payload": 1, "headers": {"k": 1}}"#), 400),
+        (post("/v1/queues/orders/messages", br#"{"payload": 1, "headers": ["k"]}"#), 400),
+        (post("/v1/queues/orders/messages", br#"{"payload": 1, "colour": "red"}"#), 400),
+        (post("/v1/queues/orders/messages", huge.as_bytes()), 413),
+        (post("/v1/queues/orders/receive?max=0", b""), 400),
+        (post("/v1/queues/orders/receive?max=101", b""), 400),
+        (post("/v1/queues/orders/receive?max=lots", b""), 400),
+        (post("/v1/queues/orders/receive?wait_ms=-1", b""), 400),
+        (post("/v1/queues/orders/receive?max=1&max=%ff", b""), 400),
+        (post("/v1/queues/orders/receive?take=all", b""), 400),
+        (post("/v1/queues/orders/ack", b"{}"), 400),
+        (post("/v1/queues/orders/ack", br#"{"receipts": []}"#), 400),
+        (post("/v1/queues/orders/ack", br#"{"receipts": "1.0000000000000000"}"#), 400),
+        (post("/v1/queues/orders/ack", br#"{"receipts": ["nonsense"]}"#), 400),
+        (post("/v1/queues/orders/ack", br#"{"receipts": ["1.zzzzzzzzzzzzzzzz"]}"#), 400),
+        (post("/v1/queues/orders/ack", br#"{"receipts": [7]}"#), 400),
+        (post("/v1/queues/orders/ack", br#"{"receipts": ["1.0000000000000000"], "delay_ms": 5}"#), 400),
+        (post("/v1/queues/orders/ack", br#"{"receipts": ["1.0000000000000000"]}"#), 409),
+        (post("/v1/queues/orders/nack", br#"{"receipts": ["99.00000000000000ff"]}"#), 409),
+        (post("/v1/queues/orders/nack", br#"{"receipts": ["1.0000000000000000"], "delay_ms": "soon"}"#), 400),
+        (post("/v1/queues/orders/nack", br#"{"receipts": ["1.0000000000000000"], "delay_ms": 1e20}"#), 400),
+        (post("/v1/queues/orders/nack", br#"{"receipts": ["1.0000000000000000"], "delay_ms": 999999999999}"#), 400),
+        (post("/v1/queues/%00/messages", br#"{"payload": 1}"#), 404),
+        (post("/v1/queues/..%2Forders/messages", br#"{"payload": 1}"#), 404),
+        (post("/v1/queues/orders/purge", b"{}"), 404),
+        (raw_get("/v1/queues/orders/messages"), 404),
+        (raw_get("/v1/queues/orders/receive"), 404),
+        (post("/v1/topics/orders.created", b"{\"payload\": "), 400),
+        (post("/v1/topics/orders.created", br#"{"payload": 1, "priority": 99}"#), 400),
+        (post("/v1/topics/orders.%3E", br#"{"payload": 1}"#), 404),
+        (post("/v1/topics/", br#"{"payload": 1}"#), 404),
+        (post("/v1/topics/no.such.topic", br#"{"payload": 1}"#), 404),
     ];
     // Fill to 200 with repeats. The lying Content-Length case is left out of
     // the repeats: the server answers 413 at once but then lingers ~1 s for
@@ -227,6 +283,18 @@ fn malformed_requests_get_json_errors_and_lose_nothing() {
         let r = poll_until_ended(&server, &location);
         assert_eq!(r.status, 303, "job {location} survived the flood");
     }
+    let mut ids: Vec<String> = Vec::new();
+    loop {
+        let held = server.post_json("/v1/queues/orders/receive?max=100&wait_ms=1000", "");
+        let batch = held.json()["messages"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            break;
+        }
+        ids.extend(batch.iter().map(|m| m["id"].to_string()));
+    }
+    ids.sort();
+    stored.sort();
+    assert_eq!(ids, stored, "every stored message is still in the queue, once");
 }
 
 fn post(path: &str, body: &[u8]) -> Vec<u8> {
@@ -256,7 +324,12 @@ fn every_route_in_the_openapi_document_answers() {
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
-            let concrete = path.replace("{kind}", "echo").replace("{id}", &id).replace("{stream}", "orders");
+            let concrete = path
+                .replace("{kind}", "echo")
+                .replace("{id}", &id)
+                .replace("{stream}", "orders")
+                .replace("{queue}", "orders")
+                .replace("{topic}", "orders.created");
             let auth = [("Authorization", "Bearer openapi-check")];
             let r = server.request(&method.to_uppercase(), &concrete, &auth, Some(b"{}"));
             assert!(!matches!(r.status, 401 | 403), "{method} {path}: the token is accepted");
@@ -273,7 +346,7 @@ fn every_route_in_the_openapi_document_answers() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 19);
+    assert_eq!(checked, 24);
 }
 
 /// `/metrics` passes `promtool check metrics` (Debian's `prometheus` package;

@@ -347,3 +347,74 @@ async fn block_makes_the_publisher_wait_for_room_and_loses_nothing() {
     assert_eq!(got, (0..100).collect::<Vec<_>>());
     assert_eq!(sub.stats().lost, 0);
 }
+
+/// DESIGN §6.4: a durable subscription is a queue bound to the topic, so its
+/// consumers get at-least-once delivery: a consumer that panics loses
+/// nothing (the queue redelivers), and messages published while no
+/// consumer runs wait in the queue.
+#[actix_rt::test]
+async fn a_durable_subscription_survives_its_consumers_panic_with_no_loss() {
+    use actorbus::actors::pool::handler_fn;
+    use actorbus::actors::queue::RetryPolicy;
+    use std::collections::HashMap;
+
+    const EARLY: u32 = 100;
+    const TOTAL: u32 = 500;
+    let bus = Bus::builder().worker_arbiters(2).build().unwrap();
+    let queue = bus.queue::<u32>("billing").retry(RetryPolicy::IMMEDIATE).max_deliveries(5).start().unwrap();
+    let topic = bus.bind_queue::<u32>("orders.placed", "billing").unwrap();
+    assert!(!topic.bind_queue(&queue), "binding twice changes nothing");
+    let mut plain = bus.subscribe::<u32>("orders.*").capacity(1_000).start().unwrap();
+
+    for i in 0..EARLY {
+        let receipt = topic.publish(i).await.unwrap();
+        assert_eq!((receipt.durable, receipt.delivered), (1, 1));
+    }
+    until("the early messages wait in the queue", || queue.depth() == u64::from(EARLY)).await;
+    assert_eq!(queue.stats().delivered, 0, "no consumer yet");
+
+    // Every 10th message panics its worker on the first delivery.
+    let handled: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let seen = handled.clone();
+    let pool = bus
+        .consumer_pool(&queue, move || {
+            let seen = seen.clone();
+            handler_fn(move |env: Envelope<u32>| {
+                if env.payload % 10 == 0 && env.attempt == 1 {
+                    panic!("consumer blew up on {}", env.payload);
+                }
+                *seen.lock().unwrap().entry(env.payload).or_default() += 1;
+                async { Ok(()) }
+            })
+        })
+        .workers(4)
+        .start()
+        .await
+        .unwrap();
+    for i in EARLY..TOTAL {
+        topic.publish(i).await.unwrap();
+    }
+    for _ in 0..4_000 {
+        if queue.stats().acked == u64::from(TOTAL) {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let handled = handled.lock().unwrap().clone();
+    let mut distinct: Vec<u32> = handled.keys().copied().collect();
+    distinct.sort_unstable();
+    assert_eq!(distinct, (0..TOTAL).collect::<Vec<_>>(), "every message handled, none lost");
+    assert!(handled.values().all(|&n| n >= 1));
+    let stats = queue.stats();
+    assert_eq!(stats.acked, u64::from(TOTAL));
+    assert_eq!((stats.nacked, stats.redelivered, stats.dead_lettered), (50, 50, 0), "{stats:?}");
+    assert_eq!(pool.restarts(), 50);
+    // The plain subscription got every message too, at most once.
+    let mut plain_seen = Vec::new();
+    while plain_seen.len() < TOTAL as usize {
+        plain_seen.push(plain.next().await.unwrap().payload);
+    }
+    assert_eq!(plain_seen, (0..TOTAL).collect::<Vec<_>>());
+    assert_eq!(metric(&bus, "actorbus_topic_durable_forwarded_total", r#"name="orders.placed""#), f64::from(TOTAL));
+    assert!(bus.bind_queue::<u32>("orders.placed", "nowhere").is_err(), "an unknown queue is an error");
+}

@@ -206,6 +206,13 @@ pub const CLAIM_CHECK_STORED_BYTES: &str = "actorbus_claim_check_stored_bytes";
 /// Gauge: payloads stored in a claim-check store.
 pub const CLAIM_CHECK_STORED_PAYLOADS: &str = "actorbus_claim_check_stored_payloads";
 
+/// Gauge: queue deliveries the HTTP gateway holds for its clients (received,
+/// not yet settled nor past their visibility timeout), by queue.
+pub const GATEWAY_HELD_DELIVERIES: &str = "actorbus_gateway_held_deliveries_messages";
+/// Counter: HTTP receipts that stopped settling anything before their
+/// client settled them (the queue redelivered the message), by queue.
+pub const GATEWAY_EXPIRED_RECEIPTS: &str = "actorbus_gateway_expired_receipts_total";
+
 /// Registers help text and units for every metric, so exporters print them.
 /// Call once after installing a recorder.
 pub fn describe() {
@@ -295,4 +302,6 @@ pub fn describe() {
     describe_counter!(CLAIM_CHECK_EXPIRED, Unit::Count, "Claim-check payloads deleted at expiry.");
     describe_gauge!(CLAIM_CHECK_STORED_BYTES, Unit::Bytes, "Bytes stored in a claim-check store.");
     describe_gauge!(CLAIM_CHECK_STORED_PAYLOADS, Unit::Count, "Payloads stored in a claim-check store.");
+    describe_gauge!(GATEWAY_HELD_DELIVERIES, Unit::Count, "Queue deliveries the HTTP gateway holds for clients.");
+    describe_counter!(GATEWAY_EXPIRED_RECEIPTS, Unit::Count, "HTTP receipts that expired before being settled.");
 }

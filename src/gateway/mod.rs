@@ -3,7 +3,7 @@
 //!
 //! Every route answers JSON; every error is `{"error": {"code", "message"}}`
 //! with its status (400 malformed, 401/403 token, 404 unknown, 409 conflict,
-//! 413 too large, 503 when a bounded queue is full). Request bodies are
+//! 413 too large, 429 or 503 when a bounded queue is full). Request bodies are
 //! limited to `max_body_bytes`. Handlers never panic on input: bodies are
 //! parsed by hand into typed errors, and actix-web's own rejections are
 //! rewritten into the same JSON shape. The one exception is a request that is
@@ -14,10 +14,13 @@ mod auth;
 mod dlq;
 mod error;
 mod jobs;
+pub mod queues;
 mod sagas;
 mod streams;
+pub mod topics;
 
 pub use error::ApiError;
+pub use queues::Receipts;
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,6 +38,15 @@ pub struct State {
     pub bus: Bus,
     /// The token that admin routes require.
     pub admin_token: Option<String>,
+    /// Queue deliveries handed to HTTP clients and not settled yet.
+    pub receipts: Receipts,
+}
+
+impl State {
+    /// The state of a gateway over `bus`.
+    pub fn new(bus: Bus, admin_token: Option<String>) -> Self {
+        State { bus, admin_token, receipts: Receipts::default() }
+    }
 }
 
 /// Gateway settings.
@@ -59,6 +71,8 @@ pub fn configure(state: web::Data<State>, max_body_bytes: usize) -> impl FnOnce(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
+            .configure(queues::routes)
+            .configure(topics::routes)
             .configure(jobs::routes)
             .configure(dlq::routes)
             .configure(streams::routes)
@@ -92,7 +106,17 @@ async fn metrics(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
 
 /// Serves the gateway until the process gets SIGINT or SIGTERM.
 pub async fn serve(bus: Bus, config: GatewayConfig) -> io::Result<()> {
-    let state = web::Data::new(State { bus, admin_token: config.admin_token });
+    let state = web::Data::new(State::new(bus, config.admin_token));
+    // Receipts past their queue's visibility timeout are forgotten even when
+    // no request comes to notice them.
+    let receipts = state.receipts.clone();
+    let sweeper = actix_rt::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            every.tick().await;
+            receipts.sweep(std::time::Instant::now());
+        }
+    });
     let max_body = config.max_body_bytes;
     let server = HttpServer::new(move || {
         App::new()
@@ -108,7 +132,9 @@ pub async fn serve(bus: Bus, config: GatewayConfig) -> io::Result<()> {
         tracing::info!(%addr, "gateway listening");
         println!("actorbus gateway listening on http://{addr}");
     }
-    server.run().await
+    let ran = server.run().await;
+    sweeper.abort();
+    ran
 }
 
 impl ApiError {

@@ -140,6 +140,7 @@ where
             permits: Semaphore::new(config.capacity.min(Semaphore::MAX_PERMITS)),
             settle,
             next_consumer: AtomicU64::new(0),
+            visibility_timeout: config.visibility_timeout,
             stats: Stats::default(),
             rejected: metrics::counter!(m::QUEUE_REJECTED, m::LABEL_NAME => name.to_string()),
             dropped_newest: metrics::counter!(m::QUEUE_DROPPED, m::LABEL_NAME => name.to_string(), m::LABEL_POLICY => "drop_newest"),

@@ -127,6 +127,7 @@ pub(crate) struct Shared {
     pub(crate) permits: Semaphore,
     pub(crate) settle: mpsc::UnboundedSender<Settle>,
     pub(crate) next_consumer: AtomicU64,
+    pub(crate) visibility_timeout: Duration,
     pub(crate) stats: Stats,
     pub(crate) rejected: metrics::Counter,
     pub(crate) dropped_newest: metrics::Counter,
@@ -170,21 +171,25 @@ impl<T: Send + 'static> QueueHandle<T> {
     /// `reject` returns [`QueueError::Full`], the others accept the send
     /// and drop or dead-letter a message (the new one or, for `drop_oldest`,
     /// the oldest), counting it.
+    ///
+    /// Cancel-safe: dropping the future before it resolves (a timeout
+    /// around it) leaves the message unsent and the queue's capacity as it
+    /// was, so a `block` send can be bounded with `tokio::time::timeout`.
     pub async fn send_envelope(&self, envelope: Envelope<T>) -> Result<MessageId, QueueError> {
         let id = envelope.id;
         let shared = &self.shared;
-        let cmd = if shared.policy == OverflowPolicy::Block {
+        // The permit is held, not forgotten, until the command is in the
+        // channel: a caller that gives up waiting (a timeout around this
+        // future, an HTTP client that went away) gives the place back instead
+        // of leaking it. The actor gives it back once the message leaves.
+        let (cmd, permit) = if shared.policy == OverflowPolicy::Block {
             match shared.permits.acquire().await {
-                Ok(p) => p.forget(),
+                Ok(p) => (Cmd::Enqueue(envelope), Some(p)),
                 Err(_) => return Err(self.closed()),
             }
-            Cmd::Enqueue(envelope)
         } else {
             match shared.permits.try_acquire() {
-                Ok(p) => {
-                    p.forget();
-                    Cmd::Enqueue(envelope)
-                }
+                Ok(p) => (Cmd::Enqueue(envelope), Some(p)),
                 Err(tokio::sync::TryAcquireError::Closed) => return Err(self.closed()),
                 Err(tokio::sync::TryAcquireError::NoPermits) => match shared.policy {
                     OverflowPolicy::Reject | OverflowPolicy::Block => {
@@ -198,16 +203,15 @@ impl<T: Send + 'static> QueueHandle<T> {
                         tracing::debug!(queue = %shared.name, %id, "queue full: message dropped (drop_newest)");
                         return Ok(id);
                     }
-                    OverflowPolicy::DropOldest | OverflowPolicy::DeadLetter => Cmd::Overflow(envelope),
+                    OverflowPolicy::DropOldest | OverflowPolicy::DeadLetter => (Cmd::Overflow(envelope), None),
                 },
             }
         };
-        let holds_permit = matches!(cmd, Cmd::Enqueue(_));
         if self.tx.send(cmd).await.is_err() {
-            if holds_permit {
-                shared.permits.add_permits(1);
-            }
             return Err(self.closed());
+        }
+        if let Some(permit) = permit {
+            permit.forget();
         }
         Ok(id)
     }
@@ -229,6 +233,17 @@ impl<T: Send + 'static> QueueHandle<T> {
     /// The queue's counters and sizes.
     pub fn stats(&self) -> QueueStats {
         self.shared.stats.snapshot()
+    }
+
+    /// How long a delivery may stay unsettled before the queue delivers it
+    /// again ([`QueueConfig::visibility_timeout`](super::QueueConfig::visibility_timeout)).
+    pub fn visibility_timeout(&self) -> Duration {
+        self.shared.visibility_timeout
+    }
+
+    /// What the queue does when it is full.
+    pub fn overflow(&self) -> OverflowPolicy {
+        self.shared.policy
     }
 
     /// Messages waiting (ready or delayed).

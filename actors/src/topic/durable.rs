@@ -17,17 +17,42 @@
 //! message of the topic: filtering and wildcard routing are the plain
 //! subscriptions' business.
 //!
-//! **Pending:** the queue actor is being built on another branch. Once it
-//! lands, the queue's handle implements `DurableSink` (enqueue, answering
-//! once stored), and `Bus::topic(..).bind_queue(name)` resolves a queue by
-//! name and calls [`TopicHandle::bind_durable`](super::TopicHandle::bind_durable).
-//! Until then any type implementing the trait can be bound, which is how the
-//! tests check the topic's side of the contract.
+//! ## Binding a queue
+//!
+//! A [`QueueHandle`] is a durable sink: it enqueues the topic's envelope
+//! (same id, headers, priority and deadline) and resolves once the queue
+//! accepted it, so the queue's capacity and overflow policy apply to the
+//! publisher: `reject` fails the publish ([`DurableError`] with the queue's
+//! reason), `block` makes it wait for room, the dropping policies accept it
+//! and count what they drop. Bind one with
+//! [`TopicHandle::bind_queue`] (or `Bus::bind_queue(topic, queue)`, which
+//! finds both by name):
+//!
+//! ```
+//! use actorbus_actors::dlq::DlqSink;
+//! use actorbus_actors::queue::{Queue, QueueConfig};
+//! use actorbus_actors::topic::Topics;
+//!
+//! actix_rt::System::new().block_on(async {
+//!     let orders = Queue::<String>::start(QueueConfig::named("orders"), DlqSink::in_memory()).unwrap();
+//!     let topic = Topics::new().topic::<String>("orders.created").unwrap();
+//!     topic.bind_queue(&orders);
+//!     // Published before any consumer exists: it waits in the queue.
+//!     assert_eq!(topic.publish("order-1".to_owned()).await.unwrap().durable, 1);
+//!     let mut consumer = orders.consumer(1).await.unwrap();
+//!     let delivery = consumer.recv().await.unwrap();
+//!     assert_eq!(delivery.payload(), "order-1");
+//!     delivery.ack();
+//! });
+//! ```
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
+use super::TopicHandle;
 use crate::envelope::Envelope;
+use crate::queue::{QueueHandle, QueueMessage};
 
 /// A durable sink refused a message (its queue is full under `reject`, its
 /// storage failed, it is shutting down, …).
@@ -52,4 +77,35 @@ pub trait DurableSink<T>: Send + Sync + 'static {
     /// Stores one message; resolves once it is stored (for a persistent
     /// queue: committed), or with an error when it was not.
     fn forward(&self, envelope: Envelope<T>) -> DurableFuture;
+}
+
+impl<T: QueueMessage> DurableSink<T> for QueueHandle<T> {
+    fn name(&self) -> &str {
+        QueueHandle::name(self)
+    }
+
+    fn forward(&self, envelope: Envelope<T>) -> DurableFuture {
+        let queue = self.clone();
+        Box::pin(async move {
+            queue
+                .send_envelope(envelope)
+                .await
+                .map(|_| ())
+                .map_err(|e| DurableError { sink: queue.name().to_owned(), reason: e.to_string() })
+        })
+    }
+}
+
+impl<T: QueueMessage + Sync> TopicHandle<T> {
+    /// Binds `queue` as a durable subscription: from now on every message
+    /// published here is enqueued there before the publish returns, and the
+    /// queue's consumers get it with ack, retry and dead-lettering. False
+    /// (and nothing changes) when a sink of that name is bound already.
+    pub fn bind_queue(&self, queue: &QueueHandle<T>) -> bool {
+        if self.routes().durable.iter().any(|d| d.name() == queue.name()) {
+            return false;
+        }
+        self.bind_durable(Arc::new(queue.clone()));
+        true
+    }
 }

@@ -5,7 +5,7 @@
 //!                          ┌─► [buffer, policy, filter] ─► subscriber A  (orders.*)
 //!  publish("orders.eu") ──►│
 //!    TopicHandle           ├─► [buffer, policy, filter] ─► subscriber B  (orders.>)
-//!                          └─► durable sink ─► queue ─► consumers        (pending: queues)
+//!                          └─► durable sink ─► queue ─► consumers        (bind_queue)
 //! ```
 //!
 //! ## Names and patterns
@@ -53,9 +53,9 @@
 //! ## Durable subscriptions
 //!
 //! A durable subscription is a [`DurableSink`] bound to the topic, normally
-//! a named queue, which gives its consumers at-least-once delivery with
-//! ack, retry and dead-lettering. See [`durable`] for the contract; binding
-//! a topic to a queue by name waits for the queue actor (another branch).
+//! a named queue ([`TopicHandle::bind_queue`]), which gives its consumers
+//! at-least-once delivery with ack, retry and dead-lettering. See
+//! [`durable`] for the contract.
 //!
 //! ## Claim check
 //!
