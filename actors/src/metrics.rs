@@ -219,7 +219,7 @@ pub fn describe() {
     describe_counter!(REQUEST_HANDLED, Unit::Count, "Requests handled by a service, by outcome.");
     describe_counter!(REQUEST_REFUSED, Unit::Count, "Requests refused before reaching a handler, by reason.");
     describe_counter!(REQUEST_LATE_REPLIES, Unit::Count, "Replies dropped because the requester had timed out.");
-    describe_histogram!(REQUEST_HANDLER_LATENCY, Unit::Seconds, "Time a service handler took.");
+    describe_histogram!(REQUEST_HANDLER_LATENCY, Unit::Seconds, "Time a service handler took (every 16th request).");
     describe_counter!(SUPERVISION_PANICS, Unit::Count, "Handler panics caught by a panic boundary.");
     describe_counter!(SUPERVISION_RESTARTS, Unit::Count, "Actors rebuilt from their factory.");
     describe_counter!(SUPERVISION_ESCALATIONS, Unit::Count, "Supervisors that exceeded their restart intensity.");
