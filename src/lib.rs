@@ -73,7 +73,7 @@ pub use bus::{
 };
 pub use jobs::{JobKindBuilder, Jobs};
 pub use queue::QueueBuilder;
-pub use request::RequestBuilder;
+pub use request::{Reply, RequestBuilder};
 pub use saga::SagasBuilder;
 pub use scatter::Scatter;
 pub use topic::SubscribeBuilder;
