@@ -96,9 +96,13 @@
 mod actor;
 mod handle;
 mod ready;
+mod store;
 
 pub use actor::Queue;
 pub use handle::{Consumer, Delivery, QueueHandle, QueueStats, Settler};
+pub use store::{
+    MemoryQueueStore, QueueBatch, QueueStore, SqliteQueueStore, StoredBody, StoredMessage, QUEUE_MIGRATIONS,
+};
 
 use std::time::Duration;
 
@@ -106,6 +110,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backpressure::OverflowPolicy;
+use crate::claim_check::{ClaimCheck, ClaimError};
+use crate::store::StoreError;
 
 /// What a queue can carry: cloned for each delivery (the queue keeps its copy
 /// until the ack, to redeliver), serialized for the DLQ, deserialized on
@@ -194,6 +200,23 @@ pub struct QueueConfig {
     /// Granularity of the queue's timers (visibility, delays, expiry).
     /// Default 10 ms.
     pub tick: Duration,
+    /// Payloads above a size travel as claim-check tickets. Default none.
+    pub claim_check: Option<QueueClaimCheck>,
+}
+
+/// A queue's claim check: payloads whose encoded size (postcard) is above
+/// `threshold_bytes` are checked in to `claims` on send; the queue holds the
+/// ticket and consumers claim the payload before handing it out.
+#[derive(Clone, Debug)]
+pub struct QueueClaimCheck {
+    /// Where payloads go.
+    pub claims: ClaimCheck,
+    /// Payloads larger than this (encoded) travel as tickets.
+    pub threshold_bytes: usize,
+    /// Tickets expire after this (default: the store's time to live). A
+    /// message still queued at its ticket's expiry is dead-lettered with
+    /// reason `claim_check` when it comes up.
+    pub ttl: Option<Duration>,
 }
 
 impl Default for QueueConfig {
@@ -209,6 +232,7 @@ impl Default for QueueConfig {
             aging: None,
             partition_header: None,
             tick: Duration::from_millis(10),
+            claim_check: None,
         }
     }
 }
@@ -217,6 +241,21 @@ impl QueueConfig {
     /// The defaults with this name.
     pub fn named(name: impl Into<String>) -> Self {
         QueueConfig { name: name.into(), ..QueueConfig::default() }
+    }
+
+    /// Turns the claim check on: payloads whose encoded size is above
+    /// `threshold_bytes` go to `claims` and the queue holds a ticket.
+    pub fn with_claim_check(mut self, claims: ClaimCheck, threshold_bytes: usize) -> Self {
+        self.claim_check = Some(QueueClaimCheck { claims, threshold_bytes, ttl: None });
+        self
+    }
+
+    /// Tickets of this queue expire after `ttl` (with a claim check).
+    pub fn with_claim_ttl(mut self, ttl: Duration) -> Self {
+        if let Some(c) = self.claim_check.as_mut() {
+            c.ttl = Some(ttl);
+        }
+        self
     }
 
     /// Checks the settings.
@@ -253,4 +292,13 @@ pub enum QueueError {
     /// A setting is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// The payload could not be encoded (claim check, durable queue).
+    #[error("payload encoding: {0}")]
+    Codec(String),
+    /// The claim-check store refused the payload; nothing was enqueued.
+    #[error(transparent)]
+    ClaimCheck(#[from] ClaimError),
+    /// A durable queue could not commit the message; nothing was enqueued.
+    #[error("queue storage: {0}")]
+    Storage(#[from] StoreError),
 }
