@@ -249,6 +249,19 @@ where
             encode: encode_postcard::<T>,
             decode: decode_postcard::<T>,
         });
+        // What was found is visible through the handle at once, before the
+        // actor first runs.
+        let mut waiting = 0;
+        for loaded in &loaded {
+            if let Loaded::Ok(e) | Loaded::Exhausted(e) = loaded {
+                waiting += u64::from(matches!(loaded, Loaded::Ok(_)));
+                if let Body::Claimed(t) = &e.env.payload {
+                    shared.stats.ticketed.fetch_add(1, Ordering::Relaxed);
+                    shared.stats.ticketed_bytes.fetch_add(t.size, Ordering::Relaxed);
+                }
+            }
+        }
+        shared.stats.depth.store(waiting, Ordering::Relaxed);
         let actor_shared = Arc::clone(&shared);
         let actor_dlq = dlq.clone();
         let tick = config.tick;
@@ -613,12 +626,9 @@ where
         }
         for loaded in found {
             match loaded {
-                Loaded::Ok(entry) => {
-                    self.count_ticket(&entry.env.payload, true);
-                    self.store(entry, ctx);
-                }
+                // Tickets were counted in by `start_inner`.
+                Loaded::Ok(entry) => self.store(entry, ctx),
                 Loaded::Exhausted(entry) => {
-                    self.count_ticket(&entry.env.payload, true);
                     let attempt = entry.env.attempt.saturating_sub(1);
                     let failure = FailureReason::Failed("delivery in flight at a stop or crash".into());
                     self.histories.entry(entry.env.id).or_default().push(FailureRecord::now(attempt, &failure));
@@ -891,15 +901,28 @@ where
     }
 
     fn settle(&mut self, settle: Settle, ctx: &mut Context<Self>) {
-        let receipt = match &settle {
+        let settle = match settle {
             Settle::Close(id) => {
-                self.remove_consumer(*id);
+                self.remove_consumer(id);
                 return;
             }
+            Settle::Flush(waiter) => {
+                if self.store.is_some() {
+                    self.flush_waiters.push(waiter);
+                    self.schedule_flush(ctx);
+                } else {
+                    let _ = waiter.send(());
+                }
+                return;
+            }
+            other => other,
+        };
+        let receipt = match &settle {
             Settle::Ack(r) | Settle::Expired(r) | Settle::Release(r) => *r,
             Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } | Settle::Unclaimable { receipt, .. } => {
                 *receipt
             }
+            Settle::Close(_) | Settle::Flush(_) => return,
         };
         let Some(f) = self.in_flight.remove(&receipt) else {
             // Settled after its visibility timeout: the message was already
@@ -955,7 +978,7 @@ where
                 self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)), ctx);
                 self.requeue_front(f.entry, f.key);
             }
-            Settle::Close(_) => {}
+            Settle::Close(_) | Settle::Flush(_) => {}
         }
     }
 }
@@ -980,14 +1003,6 @@ where
         match cmd {
             Cmd::Enqueue(incoming) => self.accept(incoming, ctx),
             Cmd::Overflow(incoming) => self.overflow(incoming, ctx),
-            Cmd::Flush(waiter) => {
-                if self.store.is_some() {
-                    self.flush_waiters.push(waiter);
-                    self.schedule_flush(ctx);
-                } else {
-                    let _ = waiter.send(());
-                }
-            }
             Cmd::Subscribe { id, tx, prefetch } => {
                 self.consumers.push(Slot { id, tx, prefetch, outstanding: 0 });
                 self.credit += prefetch;

@@ -94,8 +94,6 @@ pub(crate) enum Cmd<T> {
     Overflow(Incoming<T>),
     /// A new consumer.
     Subscribe { id: u64, tx: mpsc::Sender<Delivery<Body<T>>>, prefetch: usize },
-    /// Answer once everything done so far is written (durable queues).
-    Flush(oneshot::Sender<()>),
 }
 
 /// How a delivery (or a consumer) ends, sent to the queue actor.
@@ -122,6 +120,9 @@ pub(crate) enum Settle {
         receipt: u64,
         reason: FailureReason,
     },
+    /// Answer once everything done so far is written (durable queues). On
+    /// this channel so that it comes after the settles sent before it.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Counters and sizes of one queue, readable without asking the actor.
@@ -392,7 +393,7 @@ impl<T: Send + 'static> QueueHandle<T> {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Flush(tx)).await.map_err(|_| self.closed())?;
+        self.shared.settle.send(Settle::Flush(tx)).map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())
     }
 
