@@ -9,9 +9,18 @@
 //!   workers on two arbiters.
 //! - memory: resident memory of 1,000,000 queued 64-byte messages (printed
 //!   after the criterion part).
+//! - `queue_durable/actorbus_{1,64}_senders` vs
+//!   `queue_durable/plain_rusqlite_commit_per_message`: durable send (resolved
+//!   once committed) plus ack per message, with 1 and 64 concurrent senders,
+//!   vs a plain rusqlite loop committing one row per message on the same
+//!   kind of file (WAL, `synchronous = FULL`, on the build's disk). The
+//!   ratios are printed after the criterion part.
 //!
-//! `cargo bench --bench queue`; `MEMORY_ONLY=1` runs only the memory part.
+//! `cargo bench --bench queue`; `cargo bench --bench queue -- durable` runs
+//! only the durable rows; `MEMORY_ONLY=1` runs only the memory part.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -205,12 +214,132 @@ fn memory_report() {
     });
 }
 
-criterion_group!(benches, point_to_point, competing_consumers);
+/// Messages and time of every durable-queue run (warm-up included), by
+/// bench, for the ratios printed at the end.
+static DURABLE_RATES: Mutex<BTreeMap<&'static str, (u64, Duration)>> = Mutex::new(BTreeMap::new());
+
+fn record(name: &'static str, messages: u64, took: Duration) {
+    let mut rates = DURABLE_RATES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let e = rates.entry(name).or_default();
+    e.0 += messages;
+    e.1 += took;
+}
+
+/// A directory on the same disk as the build (not a tmpfs `/tmp`, where
+/// fsync costs nothing and the comparison would mean nothing).
+fn bench_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("bench dir")
+}
+
+fn durable(c: &mut Criterion) {
+    let mut group = c.benchmark_group("queue_durable");
+    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+
+    // Baseline: one transaction (one fsync) per message on the same kind of
+    // file, and no delete (an ack would cost it another).
+    {
+        let dir = bench_dir();
+        let conn = rusqlite::Connection::open(dir.path().join("plain.sqlite3")).expect("open");
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).expect("wal");
+        assert_eq!(mode, "wal");
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL;
+             CREATE TABLE messages (queue TEXT NOT NULL, seq INTEGER NOT NULL, delivered INTEGER NOT NULL,
+                envelope TEXT NOT NULL, payload BLOB, ticket TEXT, PRIMARY KEY (queue, seq));",
+        )
+        .expect("schema");
+        let mut n = 0i64;
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("plain_rusqlite_commit_per_message", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    n += 1;
+                    let envelope = serde_json::to_string(&Envelope::new(())).expect("json");
+                    conn.execute(
+                        "INSERT INTO messages (queue, seq, delivered, envelope, payload) VALUES ('plain', ?1, 0, ?2, ?3)",
+                        rusqlite::params![n, envelope, n.to_le_bytes().as_slice()],
+                    )
+                    .expect("insert");
+                }
+                let took = start.elapsed();
+                record("plain", iters, took);
+                took
+            })
+        });
+    }
+
+    for senders in [1u64, 64] {
+        let dir = bench_dir();
+        let sys = System::new();
+        let (bus, q) = sys.block_on(async {
+            let bus = Bus::builder().data_dir(dir.path()).metrics(false).build().expect("bus");
+            let q = bus.queue::<u64>("bench-durable").durable().capacity(1 << 20).start().expect("queue");
+            start_acker(&q);
+            (bus, q)
+        });
+        // Enough sends per iteration for every sender to queue behind a
+        // commit several times.
+        let per_sender = if senders == 1 { 16 } else { 8 };
+        group.throughput(Throughput::Elements(senders * per_sender));
+        let name: &'static str = if senders == 1 { "actorbus_1_sender" } else { "actorbus_64_senders" };
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                sys.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let target = q.stats().acked + senders * per_sender;
+                        let tasks: Vec<_> = (0..senders)
+                            .map(|_| {
+                                let q = q.clone();
+                                actix_rt::spawn(async move {
+                                    for i in 0..per_sender {
+                                        q.send(i).await.expect("durable send");
+                                    }
+                                })
+                            })
+                            .collect();
+                        for t in tasks {
+                            t.await.expect("sender");
+                        }
+                        drain(&q, target).await;
+                    }
+                    let took = start.elapsed();
+                    record(name, iters * senders * per_sender, took);
+                    took
+                })
+            })
+        });
+        drop((bus, q));
+    }
+    group.finish();
+}
+
+fn durable_report() {
+    let rates = DURABLE_RATES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let rate = |name: &str| rates.get(name).map(|(n, d)| *n as f64 / d.as_secs_f64().max(1e-9));
+    let Some(plain) = rate("plain") else { return };
+    println!("\ndurable queue (send resolved after commit + ack), beside one commit per message with rusqlite:");
+    println!("  plain rusqlite, commit per message: {plain:>9.0} msg/s");
+    for name in ["actorbus_1_sender", "actorbus_64_senders"] {
+        if let Some(r) = rate(name) {
+            println!("  {name:<34} {r:>9.0} msg/s = {:.2} x plain", r / plain);
+        }
+    }
+}
+
+criterion_group!(benches, point_to_point, competing_consumers, durable);
 
 fn main() {
     if std::env::var_os("MEMORY_ONLY").is_none() {
         benches();
         Criterion::default().configure_from_args().final_summary();
+        durable_report();
     }
-    memory_report();
+    // A name filter (`-- durable`) runs only the matching benches: leave the
+    // memory part out too.
+    let filtered = std::env::args().skip(1).any(|a| !a.starts_with('-'));
+    if std::env::var_os("MEMORY_ONLY").is_some() || !filtered {
+        memory_report();
+    }
 }

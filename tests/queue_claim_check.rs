@@ -55,9 +55,10 @@ async fn a_5_mb_payload_travels_as_a_ticket_and_is_freed_by_the_ack() {
     scans.send(big.clone()).await.unwrap();
     scans.send(vec![1, 2, 3]).await.unwrap();
 
-    // The queue holds one ticket standing for 5 MB (postcard prefixes the
-    // bytes with their length, a 4-byte varint); the small one is inline.
-    let encoded = 5 * 1024 * 1024 + 4;
+    // The queue holds one ticket standing for 5 MB (encoded: a codec tag
+    // byte, then postcard's 4-byte varint length and the bytes); the small
+    // one is inline.
+    let encoded = 5 * 1024 * 1024 + 5;
     let stats = scans.stats();
     assert_eq!((stats.claim_checked, stats.ticketed, stats.ticketed_bytes), (1, 1, encoded));
     let held = claims.stats().await.unwrap();
@@ -151,7 +152,7 @@ async fn a_dead_letter_keeps_its_ticket_until_purged() {
     let letter = bus.dlq().list(DlqFilter::default().source("queue", "uploads")).await.unwrap().remove(0);
     assert_eq!(letter.reason.code(), "failed");
     let ticket = ticket_in(&letter.envelope).expect("the dead letter holds a ticket");
-    assert_eq!(ticket.size, 200_000 + 3);
+    assert_eq!(ticket.size, 200_000 + 4, "tag byte, 3-byte length, the bytes");
     let json = serde_json::to_string(&letter.envelope).unwrap();
     assert!(json.len() < 1024, "the DLQ entry is {} bytes, not the payload", json.len());
     assert_eq!(claims.stats().await.unwrap().payloads, 1, "the payload waits for the dead letter");

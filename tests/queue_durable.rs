@@ -206,6 +206,59 @@ fn priority_order_and_claim_check_tickets_survive_a_restart() {
     assert!(got[0].1 == expected, "the ticket still claims the original bytes after the restart");
 }
 
+/// Types that postcard cannot decode (`serde_json::Value`, what the gateway
+/// carries; fields skipped when empty) are stored as JSON instead.
+#[test]
+fn json_values_and_non_positional_types_round_trip() {
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Sparse {
+        id: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let big = serde_json::json!({ "blob": "x".repeat(100_000), "n": 1 });
+    let values =
+        vec![serde_json::json!({ "order": 42, "lines": [1, 2.5, null, "x"] }), big, serde_json::json!("plain")];
+    let sparse = vec![Sparse { id: 1, note: None }, Sparse { id: 2, note: Some("n".into()) }];
+    let (v, sp) = (values.clone(), sparse.clone());
+    life(tmp.path(), move |bus| {
+        Box::pin(async move {
+            let q = bus.queue::<serde_json::Value>("json").durable().claim_check(1024).start().unwrap();
+            for value in v {
+                q.send(value).await.unwrap();
+            }
+            assert_eq!(q.stats().ticketed, 1);
+            let s = bus.queue::<Sparse>("sparse").durable().start().unwrap();
+            for x in sp {
+                s.send(x).await.unwrap();
+            }
+        })
+    });
+    let (got, got_sparse) = life(tmp.path(), |bus| {
+        Box::pin(async move {
+            let q = bus.queue::<serde_json::Value>("json").durable().claim_check(1024).start().unwrap();
+            let s = bus.queue::<Sparse>("sparse").durable().start().unwrap();
+            let (mut c, mut cs) = (q.consumer(8).await.unwrap(), s.consumer(8).await.unwrap());
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                let d = next(&mut c).await;
+                got.push(d.payload().clone());
+                d.ack();
+            }
+            let mut got_sparse = Vec::new();
+            for _ in 0..2 {
+                let d = next(&mut cs).await;
+                got_sparse.push(d.payload().clone());
+                d.ack();
+            }
+            (got, got_sparse)
+        })
+    });
+    assert_eq!(got, values);
+    assert_eq!(got_sparse, sparse);
+}
+
 #[test]
 fn a_bus_without_a_data_directory_refuses_a_durable_queue() {
     actix_rt::System::new().block_on(async {

@@ -10,8 +10,7 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::handle::{
-    decode_postcard, encode_postcard, Body, ClaimSide, Cmd, Committed, Delivery, Incoming, QueueHandle, Settle, Shared,
-    Stats, Typed,
+    Body, ClaimSide, Cmd, Codec, Committed, Delivery, Incoming, QueueHandle, Settle, Shared, Stats, Typed,
 };
 use super::ready::{Entry, Key, Ready};
 use super::store::{QueueBatch, QueueStore, StoredBody, StoredMessage};
@@ -219,8 +218,9 @@ where
         config.validate()?;
         let name: Arc<str> = config.name.as_str().into();
         let source = DlqSource::queue(config.name.clone());
+        let codec = Codec::<T>::new();
         let (loaded, next_row) = match &store {
-            Some(store) => load::<T>(store.as_ref(), &config, &source)?,
+            Some(store) => load::<T>(store.as_ref(), &config, &source, &codec)?,
             None => (Vec::new(), 1),
         };
         let found = loaded.len();
@@ -246,8 +246,7 @@ where
                 checked: metrics::counter!(m::QUEUE_CLAIM_CHECKED, m::LABEL_NAME => name.to_string()),
             }),
             durable: store.is_some(),
-            encode: encode_postcard::<T>,
-            decode: decode_postcard::<T>,
+            codec,
         });
         // What was found is visible through the handle at once, before the
         // actor first runs.
@@ -326,6 +325,7 @@ fn load<T: QueueMessage>(
     store: &dyn QueueStore,
     config: &QueueConfig,
     source: &DlqSource,
+    codec: &Codec<T>,
 ) -> Result<(Vec<Loaded<T>>, u64), QueueError> {
     let rows = store.load(&config.name)?;
     let next_row = rows.iter().map(|r| r.seq).max().map_or(1, |s| s + 1);
@@ -335,11 +335,11 @@ fn load<T: QueueMessage>(
             let StoredMessage { seq, delivered, envelope, body } = row;
             let body = match body {
                 StoredBody::Ticket(ticket) => Body::Claimed(ticket),
-                StoredBody::Inline(bytes) => match decode_postcard::<T>(&bytes) {
+                StoredBody::Inline(bytes) => match codec.decode(&bytes) {
                     Ok(payload) => Body::Inline(payload),
                     Err(e) => {
                         // Kept whole (as bytes) in the DLQ rather than lost.
-                        let raw = envelope.with_payload(serde_json::json!({ "postcard": bytes }));
+                        let raw = envelope.with_payload(serde_json::json!({ "stored": bytes }));
                         let reason = FailureReason::Failed(format!("stored payload does not decode: {e}"));
                         let letter = DeadLetter::new(source.clone(), reason, &raw, Vec::new()).with_attempts(delivered);
                         return Loaded::Undecodable(seq, letter);

@@ -1,6 +1,6 @@
 //! The sending side of a queue, its consumers and their deliveries.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,8 +55,7 @@ impl<T: Serialize> Serialize for Body<T> {
 pub(crate) struct Typed<T> {
     pub(crate) claim: Option<ClaimSide>,
     pub(crate) durable: bool,
-    pub(crate) encode: fn(&T) -> Result<Vec<u8>, String>,
-    pub(crate) decode: fn(&[u8]) -> Result<T, String>,
+    pub(crate) codec: Codec<T>,
 }
 
 /// A queue's claim-check settings.
@@ -68,12 +67,64 @@ pub(crate) struct ClaimSide {
     pub(crate) checked: metrics::Counter,
 }
 
-pub(crate) fn encode_postcard<T: Serialize>(payload: &T) -> Result<Vec<u8>, String> {
-    postcard::to_stdvec(payload).map_err(|e| e.to_string())
+/// First byte of an encoded payload: how the rest is encoded.
+const TAG_POSTCARD: u8 = 0;
+const TAG_JSON: u8 = 1;
+/// A queue's codec before its first message.
+const UNDECIDED: u8 = u8::MAX;
+
+/// How a queue encodes payloads for its store and the claim check: postcard
+/// (compact) when the type round-trips through it, JSON otherwise (types
+/// whose serde form is not positional: `serde_json::Value`,
+/// `skip_serializing_if`, `flatten`, untagged enums). The first message
+/// decides, by trying; every encoded payload starts with a tag byte, so
+/// what was stored decodes whichever codec wrote it.
+pub(crate) struct Codec<T> {
+    chosen: AtomicU8,
+    to_postcard: fn(&T) -> Result<Vec<u8>, String>,
+    from_postcard: fn(&[u8]) -> Result<T, String>,
+    to_json: fn(&T) -> Result<Vec<u8>, String>,
+    from_json: fn(&[u8]) -> Result<T, String>,
 }
 
-pub(crate) fn decode_postcard<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    postcard::from_bytes(bytes).map_err(|e| e.to_string())
+impl<T: Serialize + DeserializeOwned> Codec<T> {
+    pub(crate) fn new() -> Self {
+        Codec {
+            chosen: AtomicU8::new(UNDECIDED),
+            to_postcard: |p| postcard::to_stdvec(&(TAG_POSTCARD, p)).map_err(|e| e.to_string()),
+            from_postcard: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
+            to_json: |p| {
+                let mut out = vec![TAG_JSON];
+                serde_json::to_writer(&mut out, p).map_err(|e| e.to_string())?;
+                Ok(out)
+            },
+            from_json: |b| serde_json::from_slice(b).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl<T> Codec<T> {
+    pub(crate) fn encode(&self, payload: &T) -> Result<Vec<u8>, String> {
+        match self.chosen.load(Ordering::Relaxed) {
+            TAG_POSTCARD => (self.to_postcard)(payload),
+            TAG_JSON => (self.to_json)(payload),
+            _ => {
+                let postcard = (self.to_postcard)(payload).ok().filter(|b| (self.from_postcard)(&b[1..]).is_ok());
+                let tag = if postcard.is_some() { TAG_POSTCARD } else { TAG_JSON };
+                self.chosen.store(tag, Ordering::Relaxed);
+                postcard.map_or_else(|| (self.to_json)(payload), Ok)
+            }
+        }
+    }
+
+    pub(crate) fn decode(&self, bytes: &[u8]) -> Result<T, String> {
+        match bytes.split_first() {
+            Some((&TAG_POSTCARD, rest)) => (self.from_postcard)(rest),
+            Some((&TAG_JSON, rest)) => (self.from_json)(rest),
+            Some((tag, _)) => Err(format!("unknown payload encoding {tag}")),
+            None => Err("empty payload".into()),
+        }
+    }
 }
 
 /// What a durable send waits for: the commit of its message.
@@ -366,7 +417,7 @@ impl<T: Send + 'static> QueueHandle<T> {
             Body::Inline(_) if typed.claim.is_none() && !typed.durable => return Ok((env, None)),
             Body::Inline(payload) => payload,
         };
-        let bytes = (typed.encode)(payload).map_err(QueueError::Codec)?;
+        let bytes = typed.codec.encode(payload).map_err(QueueError::Codec)?;
         if let Some(claim) = typed.claim.as_ref().filter(|c| bytes.len() > c.threshold) {
             let ticket = claim.claims.check_in_shared(bytes, 1, claim.ttl).await?;
             claim.checked.increment(1);
@@ -553,7 +604,9 @@ async fn claim<T>(typed: &Typed<T>, ticket: &Ticket) -> Result<T, FailureReason>
         return Err(FailureReason::ClaimCheck(format!("ticket {}: the queue has no claim-check store", ticket.id)));
     };
     let bytes = side.claims.claim(ticket).await.map_err(|e| FailureReason::ClaimCheck(e.to_string()))?;
-    (typed.decode)(&bytes)
+    typed
+        .codec
+        .decode(&bytes)
         .map_err(|e| FailureReason::ClaimCheck(format!("payload of ticket {} does not decode: {e}", ticket.id)))
 }
 
