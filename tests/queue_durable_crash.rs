@@ -105,6 +105,9 @@ struct Round {
 
 impl Round {
     fn take(&mut self, line: &str) {
+        // libtest prints the test's name without a newline before the
+        // child's first line.
+        let line = line.strip_prefix("test child_durable_queue ... ").unwrap_or(line);
         if let Some(id) = line.strip_prefix("sent ") {
             self.sent.push(id.to_owned());
         } else if let Some(id) = line.strip_prefix("acking ") {
@@ -139,11 +142,15 @@ fn run_and_kill(dir: &Path) -> Round {
     round
 }
 
-/// The payload of a stored row: postcard writes a `String` as a varint
-/// length and the bytes.
+/// The payload of a stored row: a codec tag (0: postcard), then postcard's
+/// `String`: a varint length and the bytes.
 fn decode_string(bytes: &[u8]) -> String {
-    let start = bytes.iter().position(|b| b & 0x80 == 0).expect("varint") + 1;
-    String::from_utf8(bytes[start..].to_vec()).expect("utf-8")
+    let (tag, rest) = bytes.split_first().expect("tag byte");
+    assert_eq!(*tag, 0, "a String is stored as postcard");
+    let start = rest.iter().position(|b| b & 0x80 == 0).expect("varint") + 1;
+    let text = String::from_utf8(rest[start..].to_vec()).expect("utf-8");
+    assert_eq!(rest[..start].iter().rev().fold(0usize, |n, b| n << 7 | usize::from(b & 0x7f)), text.len());
+    text
 }
 
 /// What the queue's file holds, by payload; checks the file and that no
@@ -223,7 +230,7 @@ fn acknowledged_sends_survive_kill_9() {
         assert_eq!(held.len(), expected, "round {round}: stored = unacked + in progress + acks not yet written");
         eprintln!(
             "round {round}: {round_sent} sends acknowledged ({} in all), {} acked in all, {} stored, \
-             {resurrected} acked but not yet deleted, {} committed before their ack was printed",
+             {resurrected} acked but not yet deleted, {} senders with a send committed but not acknowledged",
             sent.len(),
             acking.len(),
             held.len(),

@@ -453,10 +453,15 @@ where
     }
 
     /// A durable queue's change to the row of `seq` (0: not stored).
+    /// Delivery counts are written at once (a handler that crashes the
+    /// process must find its attempt counted); deletes ride along with the
+    /// next commit or go at the next tick (a lost one is one more delivery).
     fn note(&mut self, seq: u64, op: RowOp, ctx: &mut Context<Self>) {
         if self.store.is_some() && seq > 0 {
             self.ops.insert(seq, op);
-            self.schedule_flush(ctx);
+            if op != RowOp::Delete {
+                self.schedule_flush(ctx);
+            }
         }
     }
 
@@ -858,6 +863,9 @@ where
             self.requeue_front(d.entry, d.key);
         }
         self.expire(ctx);
+        if !self.ops.is_empty() {
+            self.schedule_flush(ctx);
+        }
         self.samples_left = SAMPLES_PER_TICK;
         self.metrics.depth.set((self.ready.len() + self.delayed.len()) as f64);
         self.metrics.in_flight.set(self.in_flight.len() as f64);

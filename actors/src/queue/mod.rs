@@ -69,7 +69,7 @@
 //! ## Claim check
 //!
 //! With [`QueueConfig::claim_check`] (on the bus: `claim_check(threshold)`),
-//! a payload whose encoded size (postcard) is above the threshold is checked
+//! a payload whose encoded size is above the threshold is checked
 //! in to the [`ClaimCheck`](crate::claim_check::ClaimCheck) store when it is
 //! sent, and the queue holds only the ticket (about 100 bytes):
 //!
@@ -107,13 +107,14 @@
 //!   message is delivered only once committed.
 //! - **Ack and dead letters.** An ack deletes the message's row; a dead
 //!   letter deletes it once the DLQ has stored the entry, so a message is
-//!   always in one of the two. Deletes are written lazily with the next
-//!   commit: one lost in a crash means one more delivery, which
-//!   at-least-once allows. [`QueueHandle::flush`] waits until everything done
+//!   always in one of the two. Deletes are written lazily, with the next
+//!   commit or at the next tick: one lost in a crash means one more
+//!   delivery, which at-least-once allows. [`QueueHandle::flush`] waits until everything done
 //!   so far is written (before a planned stop).
 //! - **Attempts.** The delivery count is recorded when a delivery is handed
 //!   to a consumer (its prefetch buffer included: a crash cannot tell whether
-//!   a handler saw it), in the next commit and without delaying the delivery.
+//!   a handler saw it), in a commit started at once, without delaying the
+//!   delivery.
 //!   At start, a message comes back with `attempt = deliveries + 1`, and one
 //!   already delivered `max_deliveries` times (a poison message that crashed
 //!   the process each time, say) is dead-lettered with reason
@@ -129,9 +130,13 @@
 //!   of a [`QueueBatch`] of inserts, delivery counts and deletes), with
 //!   [`SqliteQueueStore`] and [`MemoryQueueStore`] (survives a queue restart,
 //!   not the process); another backend implements the same three methods.
-//!   Payloads are stored as postcard, so a payload type that changes shape
-//!   may no longer decode: such a message is dead-lettered at start with its
-//!   bytes, not lost.
+//! - **Encoding.** Stored and checked-in payloads are postcard when the
+//!   type round-trips through it, JSON otherwise (`serde_json::Value`,
+//!   `skip_serializing_if`, `flatten`, untagged enums); the queue's first
+//!   message decides by trying, and a tag byte on every payload lets either
+//!   be read back. A payload that does not decode (a type whose serde form
+//!   depends on the value in a way the first message did not show, or that
+//!   changed between releases) is dead-lettered with its bytes, not lost.
 //!
 //! ## Metrics
 //!
@@ -272,7 +277,7 @@ pub struct QueueConfig {
     pub claim_check: Option<QueueClaimCheck>,
 }
 
-/// A queue's claim check: payloads whose encoded size (postcard) is above
+/// A queue's claim check: payloads whose encoded size is above
 /// `threshold_bytes` are checked in to `claims` on send; the queue holds the
 /// ticket and consumers claim the payload before handing it out.
 #[derive(Clone, Debug)]
