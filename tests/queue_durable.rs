@@ -259,6 +259,50 @@ fn json_values_and_non_positional_types_round_trip() {
     assert_eq!(got_sparse, sparse);
 }
 
+/// An ack's delete is written lazily; until it is, the payload stays
+/// claimable, so a crash in between brings back a message that still works.
+#[test]
+fn a_payload_outlives_its_message_until_the_delete_is_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let expected = big.clone();
+    // A long tick: nothing but a send or a flush writes the delete.
+    let media = |bus: &Bus| {
+        bus.queue::<Vec<u8>>("media").durable().claim_check(1024).tick(Duration::from_secs(60)).start().unwrap()
+    };
+    life(tmp.path(), move |bus| {
+        Box::pin(async move {
+            let q = media(&bus);
+            let mut c = q.consumer(1).await.unwrap();
+            q.send(big).await.unwrap();
+            let d = next(&mut c).await;
+            q.flush().await.unwrap(); // its delivery count is written: nothing is being written now
+            d.ack();
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(bus.claim_check().stats().await.unwrap().payloads, 1, "not released before the delete");
+            std::mem::forget(c); // the process dies before the delete is written
+        })
+    });
+    let back = life(tmp.path(), move |bus| {
+        Box::pin(async move {
+            let q = media(&bus);
+            let mut c = q.consumer(1).await.unwrap();
+            let d = next(&mut c).await;
+            let back = (d.attempt(), d.payload().clone());
+            d.ack();
+            q.flush().await.unwrap();
+            let start = std::time::Instant::now();
+            while bus.claim_check().stats().await.unwrap().payloads > 0 {
+                assert!(start.elapsed() < Duration::from_secs(5), "payload not freed after the committed delete");
+                actix_rt::time::sleep(Duration::from_millis(5)).await;
+            }
+            back
+        })
+    });
+    assert_eq!(back.0, 2, "redelivered (at-least-once)");
+    assert!(back.1 == expected, "and still claimable");
+}
+
 #[test]
 fn a_bus_without_a_data_directory_refuses_a_durable_queue() {
     actix_rt::System::new().block_on(async {

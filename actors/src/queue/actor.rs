@@ -16,7 +16,7 @@ use super::ready::{Entry, Key, Ready};
 use super::store::{QueueBatch, QueueStore, StoredBody, StoredMessage};
 use super::{QueueConfig, QueueError, QueueMessage};
 use crate::backpressure::OverflowPolicy;
-use crate::claim_check::{ticket_in, ClaimCheck};
+use crate::claim_check::{ticket_in, ClaimCheck, Ticket};
 use crate::dlq::{DeadLetter, DlqHandle, DlqSource, FailureRecord, RedriveFuture};
 use crate::envelope::{Envelope, MessageId, Timestamp};
 use crate::error::FailureReason;
@@ -157,6 +157,8 @@ pub struct Queue<T> {
     writing: bool,
     flush_scheduled: bool,
     flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Tickets of messages whose delete is among `ops`.
+    release_after_commit: Vec<Ticket>,
     /// The next stored row's sequence (enqueue order).
     next_row: u64,
     /// Messages loaded at start beyond the capacity: permits given back
@@ -296,6 +298,7 @@ where
                 writing: false,
                 flush_scheduled: false,
                 flush_waiters: Vec::new(),
+                release_after_commit: Vec::new(),
                 next_row,
                 permit_debt,
                 loaded,
@@ -444,6 +447,20 @@ where
         }
     }
 
+    /// A message leaves for good (acked, dropped). On a durable queue its
+    /// payload is released only once the row's delete is committed: a crash
+    /// in between brings the message back, and it must still be claimable.
+    fn leave(&mut self, seq: u64, body: &Body<T>, ctx: &mut Context<Self>) {
+        if self.store.is_none() || seq == 0 {
+            return self.release_ticket(body);
+        }
+        self.count_ticket(body, false);
+        if let Body::Claimed(ticket) = body {
+            self.release_after_commit.push(*ticket);
+        }
+        self.note(seq, RowOp::Delete, ctx);
+    }
+
     fn give_permit(&mut self) {
         if self.permit_debt > 0 {
             self.permit_debt -= 1;
@@ -524,8 +541,7 @@ where
             self.histories.remove(&out.env.id);
             bump(&self.metrics.dropped_oldest, &self.shared.stats.dropped);
             tracing::debug!(queue = %self.config.name, id = %out.env.id, "queue full: message dropped (drop_oldest)");
-            self.release_ticket(&out.env.payload);
-            self.note(out.seq, RowOp::Delete, ctx);
+            self.leave(out.seq, &out.env.payload, ctx);
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(()));
             }
@@ -584,6 +600,7 @@ where
             }
         }
         let waiters = if self.pending.is_empty() { std::mem::take(&mut self.flush_waiters) } else { Vec::new() };
+        let releases = std::mem::take(&mut self.release_after_commit);
         self.writing = true;
         let name = self.shared.name.clone();
         let write = async move {
@@ -602,11 +619,18 @@ where
                         act.store(p.entry, ctx);
                         let _ = p.reply.send(Ok(()));
                     }
+                    if let Some(claims) = &act.claims {
+                        for ticket in releases {
+                            claims.release_detached(ticket, 1);
+                        }
+                    }
                 }
                 Err(e) => {
                     act.metrics.store_errors.increment(1);
                     act.shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(queue = %act.config.name, error = %e, "queue store commit failed");
+                    // The rows whose delete failed come back at the next
+                    // start: their payloads stay (freed at expiry otherwise).
+                    tracing::error!(queue = %act.config.name, error = %e, releases_kept = releases.len(), "queue store commit failed");
                     for p in pending {
                         act.release_ticket(&p.entry.env.payload);
                         act.give_permit();
@@ -953,8 +977,7 @@ where
                 if !self.histories.is_empty() {
                     self.histories.remove(&f.entry.env.id);
                 }
-                self.release_ticket(&f.entry.env.payload);
-                self.note(f.entry.seq, RowOp::Delete, ctx);
+                self.leave(f.entry.seq, &f.entry.env.payload, ctx);
                 self.give_permit();
                 self.release(f.key);
             }
