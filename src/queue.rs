@@ -113,7 +113,7 @@ impl<T: QueueMessage> QueueBuilder<T> {
     ///     let scans = bus.queue::<Vec<u8>>("scans").claim_check(64 * 1024).start().unwrap();
     ///     let mut consumer = scans.consumer(1).await.unwrap();
     ///     scans.send(vec![7u8; 100_000]).await.unwrap();
-    ///     assert_eq!(scans.stats().ticketed, 1, "the queue holds a ticket");
+    ///     assert_eq!(scans.stats().claim_checked, 1, "checked in: the queue holds a ticket");
     ///     let d = consumer.recv().await.unwrap();
     ///     assert_eq!(d.payload().len(), 100_000, "the consumer gets the bytes");
     ///     d.ack();
