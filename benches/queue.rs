@@ -14,13 +14,14 @@
 //!   once committed) plus ack per message, with 1 and 64 concurrent senders,
 //!   vs a plain rusqlite loop committing one row per message on the same
 //!   kind of file (WAL, `synchronous = FULL`, on the build's disk). The
-//!   ratios are printed after the criterion part.
+//!   ratios are printed after the criterion part, from rounds that time the
+//!   three back to back (fsync costs on a shared disk swing too much for
+//!   ratios of runs a minute apart).
 //!
 //! `cargo bench --bench queue`; `cargo bench --bench queue -- durable` runs
 //! only the durable rows; `MEMORY_ONLY=1` runs only the memory part.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -214,16 +215,8 @@ fn memory_report() {
     });
 }
 
-/// Messages and time of every durable-queue run (warm-up included), by
-/// bench, for the ratios printed at the end.
-static DURABLE_RATES: Mutex<BTreeMap<&'static str, (u64, Duration)>> = Mutex::new(BTreeMap::new());
-
-fn record(name: &'static str, messages: u64, took: Duration) {
-    let mut rates = DURABLE_RATES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let e = rates.entry(name).or_default();
-    e.0 += messages;
-    e.1 += took;
-}
+/// Set when the durable group runs (a name filter may leave it out).
+static DURABLE_RAN: AtomicBool = AtomicBool::new(false);
 
 /// A directory on the same disk as the build (not a tmpfs `/tmp`, where
 /// fsync costs nothing and the comparison would mean nothing).
@@ -231,7 +224,54 @@ fn bench_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("bench dir")
 }
 
+/// A WAL, `synchronous = FULL` file with the queue table, for the plain loop.
+fn plain_connection(dir: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join("plain.sqlite3")).expect("open");
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).expect("wal");
+    assert_eq!(mode, "wal");
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         CREATE TABLE messages (queue TEXT NOT NULL, seq INTEGER NOT NULL, delivered INTEGER NOT NULL,
+            envelope TEXT NOT NULL, payload BLOB, ticket TEXT, PRIMARY KEY (queue, seq));",
+    )
+    .expect("schema");
+    conn
+}
+
+/// One message, one transaction: what a durable send costs done naively.
+fn plain_insert(conn: &rusqlite::Connection, n: i64) {
+    let envelope = serde_json::to_string(&Envelope::new(())).expect("json");
+    conn.execute(
+        "INSERT INTO messages (queue, seq, delivered, envelope, payload) VALUES ('plain', ?1, 0, ?2, ?3)",
+        rusqlite::params![n, envelope, n.to_le_bytes().as_slice()],
+    )
+    .expect("insert");
+}
+
+/// `senders` tasks each sending `per_sender` messages one after the other
+/// (each waiting for its commit); returns once all are acked.
+async fn run_senders(q: &QueueHandle<u64>, senders: u64, per_sender: u64) -> Duration {
+    let start = Instant::now();
+    let target = q.stats().acked + senders * per_sender;
+    let tasks: Vec<_> = (0..senders)
+        .map(|_| {
+            let q = q.clone();
+            actix_rt::spawn(async move {
+                for i in 0..per_sender {
+                    q.send(i).await.expect("durable send");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("sender");
+    }
+    drain(q, target).await;
+    start.elapsed()
+}
+
 fn durable(c: &mut Criterion) {
+    DURABLE_RAN.store(true, Ordering::Relaxed);
     let mut group = c.benchmark_group("queue_durable");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
 
@@ -239,15 +279,7 @@ fn durable(c: &mut Criterion) {
     // file, and no delete (an ack would cost it another).
     {
         let dir = bench_dir();
-        let conn = rusqlite::Connection::open(dir.path().join("plain.sqlite3")).expect("open");
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).expect("wal");
-        assert_eq!(mode, "wal");
-        conn.execute_batch(
-            "PRAGMA synchronous = FULL;
-             CREATE TABLE messages (queue TEXT NOT NULL, seq INTEGER NOT NULL, delivered INTEGER NOT NULL,
-                envelope TEXT NOT NULL, payload BLOB, ticket TEXT, PRIMARY KEY (queue, seq));",
-        )
-        .expect("schema");
+        let conn = plain_connection(dir.path());
         let mut n = 0i64;
         group.throughput(Throughput::Elements(1));
         group.bench_function("plain_rusqlite_commit_per_message", |b| {
@@ -255,16 +287,9 @@ fn durable(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     n += 1;
-                    let envelope = serde_json::to_string(&Envelope::new(())).expect("json");
-                    conn.execute(
-                        "INSERT INTO messages (queue, seq, delivered, envelope, payload) VALUES ('plain', ?1, 0, ?2, ?3)",
-                        rusqlite::params![n, envelope, n.to_le_bytes().as_slice()],
-                    )
-                    .expect("insert");
+                    plain_insert(&conn, n);
                 }
-                let took = start.elapsed();
-                record("plain", iters, took);
-                took
+                start.elapsed()
             })
         });
     }
@@ -288,25 +313,9 @@ fn durable(c: &mut Criterion) {
                 sys.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let target = q.stats().acked + senders * per_sender;
-                        let tasks: Vec<_> = (0..senders)
-                            .map(|_| {
-                                let q = q.clone();
-                                actix_rt::spawn(async move {
-                                    for i in 0..per_sender {
-                                        q.send(i).await.expect("durable send");
-                                    }
-                                })
-                            })
-                            .collect();
-                        for t in tasks {
-                            t.await.expect("sender");
-                        }
-                        drain(&q, target).await;
+                        run_senders(&q, senders, per_sender).await;
                     }
-                    let took = start.elapsed();
-                    record(name, iters * senders * per_sender, took);
-                    took
+                    start.elapsed()
                 })
             })
         });
@@ -315,17 +324,47 @@ fn durable(c: &mut Criterion) {
     group.finish();
 }
 
+/// The ratios, measured interleaved: fsync costs on a shared disk swing by
+/// an order of magnitude within a minute, so each round times the plain
+/// loop and both actorbus cases back to back, and the ratio is of the sums.
 fn durable_report() {
-    let rates = DURABLE_RATES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let rate = |name: &str| rates.get(name).map(|(n, d)| *n as f64 / d.as_secs_f64().max(1e-9));
-    let Some(plain) = rate("plain") else { return };
-    println!("\ndurable queue (send resolved after commit + ack), beside one commit per message with rusqlite:");
-    println!("  plain rusqlite, commit per message: {plain:>9.0} msg/s");
-    for name in ["actorbus_1_sender", "actorbus_64_senders"] {
-        if let Some(r) = rate(name) {
-            println!("  {name:<34} {r:>9.0} msg/s = {:.2} x plain", r / plain);
-        }
+    const ROUNDS: usize = 5;
+    const PLAIN: u64 = 200;
+    const ONE: u64 = 200;
+    const PER_SENDER: u64 = 8;
+    if !DURABLE_RAN.load(Ordering::Relaxed) {
+        return;
     }
+    let dir = bench_dir();
+    let conn = plain_connection(dir.path());
+    let sys = System::new();
+    let (_bus, one, many) = sys.block_on(async {
+        let bus = Bus::builder().data_dir(dir.path()).metrics(false).build().expect("bus");
+        let one = bus.queue::<u64>("report-1").durable().capacity(1 << 20).start().expect("queue");
+        let many = bus.queue::<u64>("report-64").durable().capacity(1 << 20).start().expect("queue");
+        start_acker(&one);
+        start_acker(&many);
+        (bus, one, many)
+    });
+    let (mut plain_t, mut one_t, mut many_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut n = 0i64;
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..PLAIN {
+            n += 1;
+            plain_insert(&conn, n);
+        }
+        plain_t += start.elapsed();
+        one_t += sys.block_on(run_senders(&one, 1, ONE));
+        many_t += sys.block_on(run_senders(&many, 64, PER_SENDER));
+    }
+    let rate = |msgs: u64, t: Duration| (msgs * ROUNDS as u64) as f64 / t.as_secs_f64().max(1e-9);
+    let plain = rate(PLAIN, plain_t);
+    let (one_r, many_r) = (rate(ONE, one_t), rate(64 * PER_SENDER, many_t));
+    println!("\ndurable queue (send resolved after commit, then ack), {ROUNDS} interleaved rounds:");
+    println!("  plain rusqlite, one commit per message: {plain:>9.0} msg/s");
+    println!("  actorbus, 1 sender:                     {one_r:>9.0} msg/s = {:.2} x plain", one_r / plain);
+    println!("  actorbus, 64 senders:                   {many_r:>9.0} msg/s = {:.2} x plain", many_r / plain);
 }
 
 criterion_group!(benches, point_to_point, competing_consumers, durable);
