@@ -69,6 +69,7 @@ pub struct BusBuilder {
     metrics: bool,
     jobs: JobTrackerConfig,
     data_dir: Option<PathBuf>,
+    claim_sweep: Duration,
 }
 
 impl Default for BusBuilder {
@@ -80,6 +81,7 @@ impl Default for BusBuilder {
             metrics: true,
             jobs: JobTrackerConfig::default(),
             data_dir: None,
+            claim_sweep: Duration::from_secs(60),
         }
     }
 }
@@ -128,6 +130,14 @@ impl BusBuilder {
         self
     }
 
+    /// How often the claim-check store deletes payloads whose tickets
+    /// expired (default every 60 s), so that a payload nobody claims or
+    /// releases goes at its expiry.
+    pub fn claim_check_sweep(mut self, every: Duration) -> Self {
+        self.claim_sweep = every.max(Duration::from_millis(1));
+        self
+    }
+
     /// Starts the bus on the current actix `System`, opening its storage.
     pub fn build(self) -> Result<Bus, BusError> {
         actix_rt::System::try_current().ok_or(BusError::NoSystem)?;
@@ -150,6 +160,8 @@ impl BusBuilder {
         };
         // Purging a dead letter that kept a claim-check ticket frees its payload.
         dlq.attach_claim_check(claims.clone());
+        // Runs until the System stops.
+        drop(claims.start_sweeper(self.claim_sweep));
         let (events, _) = broadcast::channel(1024);
         let root = Supervisor::start("root", self.root, None, events.clone());
         let workers = (0..self.workers).map(|_| Arbiter::new()).collect::<Vec<_>>();

@@ -207,3 +207,21 @@ async fn a_ticket_cannot_be_redriven_into_a_queue_without_a_claim_check() {
     assert_eq!(bus.dlq().len().await.unwrap(), 1, "the entry stays");
     assert_eq!(bus.claim_check().stats().await.unwrap().payloads, 1, "and so does its payload");
 }
+
+#[actix_rt::test]
+async fn a_payload_nobody_claims_is_swept_at_its_expiry() {
+    let bus = Bus::builder().claim_check_sweep(Duration::from_millis(10)).build().unwrap();
+    let q = bus.queue::<Vec<u8>>("forgotten").claim_check(1024).claim_ttl(Duration::from_millis(30)).start().unwrap();
+    q.send(payload(8192)).await.unwrap();
+    assert_eq!(bus.claim_check().stats().await.unwrap().payloads, 1);
+    // Nobody consumes: the sweep deletes the payload at its expiry.
+    wait_payloads(bus.claim_check(), 0).await;
+    assert!(metric(&bus, "actorbus_claim_check_expired_total", r#"name="memory""#) >= 1.0);
+    // The message is still queued; when it comes up it is dead-lettered.
+    let mut consumer = q.consumer(1).await.unwrap();
+    q.send(vec![1]).await.unwrap();
+    assert_eq!(next(&mut consumer).await.payload(), &[1]);
+    wait_dead_letters(&bus, 1).await;
+    let letter = bus.dlq().list(DlqFilter::default().source("queue", "forgotten")).await.unwrap().remove(0);
+    assert_eq!(letter.reason.code(), "claim_check");
+}
