@@ -13,6 +13,7 @@ use actorbus_actors::claim_check::ClaimCheck;
 use actorbus_actors::dlq::{DlqHandle, DlqSink};
 use actorbus_actors::event_store::{EventStore, EventStoreConfig, EventStoreHandle};
 use actorbus_actors::jobs::{JobTracker, JobTrackerConfig};
+use actorbus_actors::queue::{QueueStore, SqliteQueueStore};
 use actorbus_actors::registry::{Lookup, NameTaken, Registry};
 use actorbus_actors::request_reply::{Control, Request, RequestError, Service, ServiceActor, ServiceRef, ServiceSpec};
 use actorbus_actors::saga::{SagaCoordinator, SagaCoordinatorHandle};
@@ -53,6 +54,10 @@ pub enum BusError {
     /// Storage could not be opened.
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
+    /// Something durable was asked of a bus built without a data directory
+    /// (see [`BusBuilder::data_dir`]); what it was.
+    #[error("{0} needs a bus with a data directory (BusBuilder::data_dir)")]
+    NoDataDir(String),
 }
 
 /// Configures and builds a [`Bus`].
@@ -64,6 +69,7 @@ pub struct BusBuilder {
     metrics: bool,
     jobs: JobTrackerConfig,
     data_dir: Option<PathBuf>,
+    claim_sweep: Duration,
 }
 
 impl Default for BusBuilder {
@@ -75,6 +81,7 @@ impl Default for BusBuilder {
             metrics: true,
             jobs: JobTrackerConfig::default(),
             data_dir: None,
+            claim_sweep: Duration::from_secs(60),
         }
     }
 }
@@ -123,6 +130,14 @@ impl BusBuilder {
         self
     }
 
+    /// How often the claim-check store deletes payloads whose tickets
+    /// expired (default every 60 s), so that a payload nobody claims or
+    /// releases goes at its expiry.
+    pub fn claim_check_sweep(mut self, every: Duration) -> Self {
+        self.claim_sweep = every.max(Duration::from_millis(1));
+        self
+    }
+
     /// Starts the bus on the current actix `System`, opening its storage.
     pub fn build(self) -> Result<Bus, BusError> {
         actix_rt::System::try_current().ok_or(BusError::NoSystem)?;
@@ -143,6 +158,10 @@ impl BusBuilder {
             Some(dir) => ClaimCheck::open(&DataDir::new(dir))?,
             None => ClaimCheck::in_memory(),
         };
+        // Purging a dead letter that kept a claim-check ticket frees its payload.
+        dlq.attach_claim_check(claims.clone());
+        // Runs until the System stops.
+        drop(claims.start_sweeper(self.claim_sweep));
         let (events, _) = broadcast::channel(1024);
         let root = Supervisor::start("root", self.root, None, events.clone());
         let workers = (0..self.workers).map(|_| Arbiter::new()).collect::<Vec<_>>();
@@ -167,6 +186,7 @@ impl BusBuilder {
                 topics: Topics::new(),
                 scatter: ScatterGather::start_with(10_000),
                 claims,
+                queue_store: Mutex::new(None),
             }),
         })
     }
@@ -199,6 +219,8 @@ struct Inner {
     topics: Topics,
     scatter: ScatterGatherHandle,
     claims: ClaimCheck,
+    /// `queues.sqlite3`, opened by the first durable queue.
+    queue_store: Mutex<Option<Arc<dyn QueueStore>>>,
 }
 
 /// The runtime: owns the supervision tree, the registries and the worker
@@ -306,6 +328,22 @@ impl Bus {
 
     pub(crate) fn queues(&self) -> &Registry {
         &self.inner.queues
+    }
+
+    /// The store of the bus's durable queues (`queues.sqlite3` in the data
+    /// directory, opened on first use); `what` names the caller in the
+    /// error of a bus without a data directory.
+    pub(crate) fn queue_store(&self, what: &str) -> Result<Arc<dyn QueueStore>, BusError> {
+        let Some(dir) = self.data_dir() else {
+            return Err(BusError::NoDataDir(what.to_owned()));
+        };
+        let mut slot = self.inner.queue_store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(store) = slot.as_ref() {
+            return Ok(Arc::clone(store));
+        }
+        let store: Arc<dyn QueueStore> = Arc::new(SqliteQueueStore::open(&DataDir::new(dir))?);
+        *slot = Some(Arc::clone(&store));
+        Ok(store)
     }
 
     pub(crate) fn claim_sagas(&self) -> bool {

@@ -13,7 +13,8 @@
 //! max_deliveries = 3               # default 5
 //! visibility_timeout_ms = 30000    # default 30 s
 //! priority = false                 # true: deliver by priority 9..0
-//! claim_check_threshold_bytes = 65536  # accepted; applied once queues have a claim check
+//! claim_check_threshold_bytes = 65536  # larger payloads travel as claim-check tickets
+//! durable = true                      # queues.sqlite3; false: in memory
 //!
 //! [[topics]]                       # served at /v1/topics/{name}
 //! name = "orders.created"
@@ -114,11 +115,20 @@ pub struct QueueConfig {
     /// Deliver by priority.
     #[serde(default)]
     pub priority: bool,
-    /// Payloads larger than this travel as claim-check tickets. Accepted
-    /// and checked now; applied once queues support a claim check (until
-    /// then payloads travel inline, bounded by `max_body_bytes`).
+    /// Payloads larger than this (encoded) travel as claim-check tickets:
+    /// the payload is stored once in `claims.sqlite3`, the queue holds the
+    /// ticket, consumers get the payload.
     #[serde(default)]
     pub claim_check_threshold_bytes: Option<u64>,
+    /// Keep the queue in `queues.sqlite3`: a 202 on enqueue (or on a publish
+    /// to a topic bound to it) survives a crash of the process. Default
+    /// true; `false` keeps it in memory (faster, lost on restart).
+    #[serde(default = "default_true")]
+    pub durable: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A topic (DESIGN §6.4).

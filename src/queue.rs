@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actorbus_actors::backpressure::OverflowPolicy;
 use actorbus_actors::pool::{ConsumerPool, PoolBuilder, PoolHandler};
-use actorbus_actors::queue::{Queue, QueueConfig, QueueHandle, QueueMessage, RetryPolicy};
+use actorbus_actors::queue::{Queue, QueueClaimCheck, QueueConfig, QueueError, QueueHandle, QueueMessage, RetryPolicy};
 use actorbus_actors::registry::NameTaken;
 
 use crate::bus::{Bus, BusError};
@@ -32,12 +32,19 @@ pub struct QueueBuilder<T> {
     bus: Bus,
     config: QueueConfig,
     worker: Option<usize>,
+    durable: bool,
     _t: std::marker::PhantomData<fn(T)>,
 }
 
 impl<T: QueueMessage> QueueBuilder<T> {
     pub(crate) fn new(bus: Bus, name: &str) -> Self {
-        QueueBuilder { bus, config: QueueConfig::named(name), worker: None, _t: std::marker::PhantomData }
+        QueueBuilder {
+            bus,
+            config: QueueConfig::named(name),
+            worker: None,
+            durable: false,
+            _t: std::marker::PhantomData,
+        }
     }
 
     /// Messages held at most (default 100,000) and what a full queue does
@@ -93,6 +100,52 @@ impl<T: QueueMessage> QueueBuilder<T> {
         self
     }
 
+    /// Payloads whose encoded size is above `threshold_bytes` travel as
+    /// claim-check tickets in the bus's [claim-check store](Bus::claim_check):
+    /// checked in on send, claimed (verified) before a consumer hands the
+    /// delivery out, freed on the ack. Handlers see the payload.
+    ///
+    /// ```
+    /// use actorbus::Bus;
+    ///
+    /// actix::System::new().block_on(async {
+    ///     let bus = Bus::builder().build().unwrap();
+    ///     let scans = bus.queue::<Vec<u8>>("scans").claim_check(64 * 1024).start().unwrap();
+    ///     let mut consumer = scans.consumer(1).await.unwrap();
+    ///     scans.send(vec![7u8; 100_000]).await.unwrap();
+    ///     assert_eq!(scans.stats().claim_checked, 1, "checked in: the queue holds a ticket");
+    ///     let d = consumer.recv().await.unwrap();
+    ///     assert_eq!(d.payload().len(), 100_000, "the consumer gets the bytes");
+    ///     d.ack();
+    /// });
+    /// ```
+    pub fn claim_check(mut self, threshold_bytes: usize) -> Self {
+        let ttl = self.config.claim_check.as_ref().and_then(|c| c.ttl);
+        self.config.claim_check =
+            Some(QueueClaimCheck { claims: self.bus.claim_check().clone(), threshold_bytes, ttl });
+        self
+    }
+
+    /// With [`claim_check`](Self::claim_check): the queue's tickets expire
+    /// after `ttl` (default: the store's, 24 h). A message still queued when
+    /// its ticket expired is dead-lettered with reason `claim_check`.
+    pub fn claim_ttl(mut self, ttl: Duration) -> Self {
+        self.config = self.config.with_claim_ttl(ttl);
+        self
+    }
+
+    /// Keep the queue's messages in `queues.sqlite3` in the bus's data
+    /// directory: a send resolves once its message is committed (and so
+    /// survives a kill -9), and messages left at a stop or crash are
+    /// delivered again when the queue is started again under the same name
+    /// (see [durability](actorbus_actors::queue#durability)). `start` fails
+    /// with [`BusError::NoDataDir`] on a bus without a data directory: an
+    /// in-memory fallback would acknowledge writes it cannot keep.
+    pub fn durable(mut self) -> Self {
+        self.durable = true;
+        self
+    }
+
     /// Replaces the whole configuration but the name.
     pub fn config(mut self, config: QueueConfig) -> Self {
         self.config = QueueConfig { name: self.config.name, ..config };
@@ -109,7 +162,7 @@ impl<T: QueueMessage> QueueBuilder<T> {
     /// Starts the queue and registers its name (`bus.queue_handle(name)`
     /// finds it) and its DLQ redrive target.
     pub fn start(self) -> Result<QueueHandle<T>, BusError> {
-        let QueueBuilder { bus, config, worker, .. } = self;
+        let QueueBuilder { bus, config, worker, durable, .. } = self;
         let name = config.name.clone();
         if bus.queues().contains(&name) {
             return Err(NameTaken { kind: "queue", name }.into());
@@ -119,8 +172,16 @@ impl<T: QueueMessage> QueueBuilder<T> {
             (Some(i), n) if n > 0 => Some(&workers[i % n]),
             _ => None,
         };
-        let handle =
-            Queue::<T>::start_in(config, bus.dlq().clone(), arbiter).map_err(|e| BusError::Invalid(e.to_string()))?;
+        let failed = |e: QueueError| match e {
+            QueueError::Storage(e) => BusError::Storage(e),
+            e => BusError::Invalid(e.to_string()),
+        };
+        let handle = if durable {
+            let store = bus.queue_store(&format!("durable queue `{name}`"))?;
+            Queue::<T>::start_durable_in(config, bus.dlq().clone(), store, arbiter).map_err(failed)?
+        } else {
+            Queue::<T>::start_in(config, bus.dlq().clone(), arbiter).map_err(failed)?
+        };
         bus.queues().insert(&name, handle.clone())?;
         Ok(handle)
     }

@@ -95,10 +95,13 @@ fn start_queues_and_topics(bus: &Bus, config: &Config) -> Result<(), Box<dyn std
         if q.priority {
             builder = builder.priority(None);
         }
-        builder.start()?;
-        if let Some(threshold) = q.claim_check_threshold_bytes {
-            tracing::info!(queue = %q.name, threshold, "claim_check_threshold_bytes is not applied to queues by this build");
+        if q.durable {
+            builder = builder.durable();
         }
+        if let Some(threshold) = q.claim_check_threshold_bytes {
+            builder = builder.claim_check(usize::try_from(threshold).unwrap_or(usize::MAX));
+        }
+        builder.start()?;
     }
     for t in &config.topics {
         bus.create_topic::<serde_json::Value>(&t.name, TopicConfig::new())?;

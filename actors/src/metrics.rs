@@ -134,6 +134,12 @@ pub const QUEUE_REJECTED: &str = "actorbus_queue_rejected_total";
 pub const QUEUE_STALE_SETTLES: &str = "actorbus_queue_stale_settles_total";
 /// Counter: dead letters the DLQ failed to store, by queue.
 pub const QUEUE_DLQ_FAILURES: &str = "actorbus_queue_dlq_failures_total";
+/// Counter: sends whose payload a queue checked in to the claim-check store.
+pub const QUEUE_CLAIM_CHECKED: &str = "actorbus_queue_claim_checked_total";
+/// Counter: queue deliveries whose payload could not be claimed (dead-lettered).
+pub const QUEUE_CLAIM_FAILURES: &str = "actorbus_queue_claim_failures_total";
+/// Counter: durable queue commits that failed.
+pub const QUEUE_STORE_ERRORS: &str = "actorbus_queue_store_errors_total";
 /// Gauge: messages waiting in a queue (ready or delayed), by queue.
 pub const QUEUE_DEPTH: &str = "actorbus_queue_depth_messages";
 /// Gauge: deliveries not settled yet, by queue.
@@ -273,6 +279,9 @@ pub fn describe() {
     describe_counter!(QUEUE_REJECTED, Unit::Count, "Sends refused because the queue was full.");
     describe_counter!(QUEUE_STALE_SETTLES, Unit::Count, "Acks and nacks that came after their delivery timed out.");
     describe_counter!(QUEUE_DLQ_FAILURES, Unit::Count, "Dead letters the DLQ failed to store.");
+    describe_counter!(QUEUE_CLAIM_CHECKED, Unit::Count, "Queue sends whose payload was checked in to the claim check.");
+    describe_counter!(QUEUE_CLAIM_FAILURES, Unit::Count, "Queue deliveries whose payload could not be claimed.");
+    describe_counter!(QUEUE_STORE_ERRORS, Unit::Count, "Durable queue commits that failed.");
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "Messages waiting in a queue.");
     describe_gauge!(QUEUE_IN_FLIGHT, Unit::Count, "Queue deliveries not settled yet.");
     describe_histogram!(QUEUE_TIME_IN_QUEUE, Unit::Seconds, "Time from enqueue to delivery (sampled).");

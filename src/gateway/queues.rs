@@ -163,7 +163,10 @@ fn queue_error(e: QueueError) -> ApiError {
     match e {
         QueueError::Full(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message),
         QueueError::Closed(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
-        QueueError::Invalid(_) => ApiError::bad_request("invalid_message", message),
+        QueueError::Invalid(_) | QueueError::Codec(_) => ApiError::bad_request("invalid_message", message),
+        QueueError::ClaimCheck(_) | QueueError::Storage(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage", message)
+        }
     }
 }
 

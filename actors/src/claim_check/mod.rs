@@ -51,9 +51,10 @@
 //! checks in every payload whose encoded size exceeds it, once per publish,
 //! with one reference per matching subscription; subscriptions buffer the
 //! ticket and claim on delivery, so handlers only ever see the payload.
-//! Queues (DESIGN §6.3, built on another branch) follow the same contract:
-//! `check_in` on enqueue, `claim` on delivery, `release` on the last ack,
-//! `delete` on DLQ purge.
+//! Queues (see [`QueueConfig::claim_check`](crate::queue::QueueConfig::claim_check))
+//! follow the same contract: `check_in` on send, `claim` on delivery,
+//! `release` on the ack; a dead letter keeps the ticket (under
+//! [`TICKET_FIELD`]) and a DLQ purge `delete`s the payload.
 //!
 //! ```
 //! use actorbus_actors::claim_check::{ClaimCheck, ClaimError};
@@ -197,6 +198,29 @@ pub struct Ticket {
     pub sha256: Sha256Digest,
     /// When the store may delete it whether or not it was released.
     pub expires_at: Timestamp,
+}
+
+/// The field under which a serialized envelope carries a claim-check ticket
+/// in place of its payload (`{"payload": {"$claim_check": {..ticket..}}}`):
+/// how a queue's dead letters keep a large payload out of the DLQ.
+pub const TICKET_FIELD: &str = "$claim_check";
+
+/// The ticket a serialized envelope carries in place of its payload (see
+/// [`TICKET_FIELD`]), if it carries one.
+///
+/// ```
+/// use actorbus_actors::claim_check::ticket_in;
+/// let plain = serde_json::json!({ "payload": { "order": 42 } });
+/// assert_eq!(ticket_in(&plain), None);
+/// let odd = serde_json::json!({ "payload": { "$claim_check": "not a ticket" } });
+/// assert_eq!(ticket_in(&odd), None);
+/// ```
+pub fn ticket_in(envelope: &serde_json::Value) -> Option<Ticket> {
+    let payload = envelope.get("payload")?.as_object()?;
+    if payload.len() != 1 {
+        return None;
+    }
+    serde_json::from_value(payload.get(TICKET_FIELD)?.clone()).ok()
 }
 
 /// Why a claim-check operation failed.

@@ -43,6 +43,11 @@
 //! - Redrive is at-least-once: an entry is deleted after its target accepted
 //!   it; a crash in between redrives it again. A rate limit spaces redrives
 //!   evenly (`per_second`), like SQS's redrive velocity.
+//! - A dead letter whose payload is in the claim-check store keeps only the
+//!   ticket (see [`TICKET_FIELD`](crate::claim_check::TICKET_FIELD)). With the
+//!   store [attached](DlqHandle::attach_claim_check) (a bus does it),
+//!   [`purge`](DlqHandle::purge) deletes those payloads too; a redrive hands
+//!   the ticket back to the queue, so the payload is never copied.
 //! - [`MemoryDlqStore`] holds at most a configured number of entries (default
 //!   1,000,000); past it the oldest entry is discarded and counted
 //!   (`actorbus_dlq_evicted_total`). The SQLite store keeps everything until

@@ -1,7 +1,7 @@
 //! The `DlqSink` actor, its storage thread and its handle.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -13,6 +13,7 @@ use super::{
     DeadLetter, DlqError, DlqFilter, DlqSelector, DlqSource, FailureRecord, RedriveOptions, RedriveReport,
     RedriveTarget, RedriveTo,
 };
+use crate::claim_check::{ticket_in, ClaimCheck, Ticket};
 use crate::dead_letter::{DeadLetterHook, HookFuture, Undeliverable};
 use crate::envelope::MessageId;
 use crate::metrics as m;
@@ -118,7 +119,13 @@ impl DlqSink {
             ctx.set_mailbox_capacity(mailbox);
             sink
         });
-        Ok(DlqHandle { sink: addr, worker, targets: Arc::new(DashMap::new()), watchers })
+        Ok(DlqHandle {
+            sink: addr,
+            worker,
+            targets: Arc::new(DashMap::new()),
+            watchers,
+            claims: Arc::new(OnceLock::new()),
+        })
     }
 
     /// Starts a durable sink on `dlq.sqlite3` in `dir`.
@@ -242,6 +249,8 @@ pub struct DlqHandle {
     worker: Addr<StoreWorker>,
     targets: Arc<DashMap<DlqSource, Arc<dyn RedriveTarget>>>,
     watchers: Watchers,
+    /// Where the claim-check payloads of dead letters live (freed on purge).
+    claims: Arc<OnceLock<ClaimCheck>>,
 }
 
 impl std::fmt::Debug for DlqHandle {
@@ -290,10 +299,23 @@ impl DlqHandle {
         Ok(self.len().await? == 0)
     }
 
+    /// Gives this DLQ the claim-check store its dead letters' tickets point
+    /// into (the bus does it): [`purge`](Self::purge) then deletes the
+    /// payload of every purged entry that kept a ticket. Set once; later
+    /// calls are ignored (false).
+    pub fn attach_claim_check(&self, claims: ClaimCheck) -> bool {
+        self.claims.set(claims).is_ok()
+    }
+
     /// Deletes one entry (`MessageId`) or every entry a filter matches
-    /// (`DlqFilter`); how many were deleted.
+    /// (`DlqFilter`); how many were deleted. With a claim-check store
+    /// attached, the payloads of purged entries that kept a ticket are
+    /// deleted too.
     pub async fn purge(&self, what: impl Into<DlqSelector>) -> Result<usize, DlqError> {
         let what = what.into();
+        if let Some(claims) = self.claims.get() {
+            return self.purge_with_tickets(what, claims).await;
+        }
         let n = self
             .run(move |s| {
                 let n = match &what {
@@ -306,6 +328,50 @@ impl DlqHandle {
         metrics::counter!(m::DLQ_PURGED).increment(n.0 as u64);
         metrics::gauge!(m::DLQ_DEPTH).set(n.1 as f64);
         Ok(n.0)
+    }
+
+    async fn purge_with_tickets(&self, what: DlqSelector, claims: &ClaimCheck) -> Result<usize, DlqError> {
+        // Read and delete on the storage thread in one call, page by page,
+        // so an entry added meanwhile is neither deleted unread nor missed.
+        let (n, depth, tickets) = self
+            .run(move |s| {
+                let mut tickets: Vec<Ticket> = Vec::new();
+                let n = match &what {
+                    DlqSelector::One(id) => {
+                        let found = s.get(*id)?;
+                        tickets.extend(found.and_then(|l| ticket_in(&l.envelope)));
+                        s.delete(&[*id])?
+                    }
+                    DlqSelector::Matching(filter) => {
+                        let page = filter.clone().limit(1024);
+                        let mut n = 0;
+                        loop {
+                            let letters = s.list(&page)?;
+                            if letters.is_empty() {
+                                break;
+                            }
+                            tickets.extend(letters.iter().filter_map(|l| ticket_in(&l.envelope)));
+                            let ids: Vec<MessageId> = letters.iter().map(|l| l.id).collect();
+                            let deleted = s.delete(&ids)?;
+                            n += deleted;
+                            if deleted == 0 {
+                                break;
+                            }
+                        }
+                        n
+                    }
+                };
+                Ok((n, s.count()?, tickets))
+            })
+            .await?;
+        for ticket in &tickets {
+            if let Err(e) = claims.delete(ticket).await {
+                tracing::warn!(ticket = %ticket.id, error = %e, "DLQ purge: payload not deleted; it goes at its expiry");
+            }
+        }
+        metrics::counter!(m::DLQ_PURGED).increment(n as u64);
+        metrics::gauge!(m::DLQ_DEPTH).set(depth as f64);
+        Ok(n)
     }
 
     /// Registers where dead letters from `source` go back to on redrive (a

@@ -596,7 +596,11 @@ enum Launch {
 fn queue_error(kind: &str, e: QueueError) -> JobError {
     match e {
         QueueError::Full(_) => JobError::QueueFull(kind.to_owned()),
-        QueueError::Closed(_) | QueueError::Invalid(_) => JobError::Unavailable,
+        QueueError::Closed(_)
+        | QueueError::Invalid(_)
+        | QueueError::Codec(_)
+        | QueueError::ClaimCheck(_)
+        | QueueError::Storage(_) => JobError::Unavailable,
     }
 }
 

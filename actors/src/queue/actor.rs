@@ -7,20 +7,52 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::handle::{Cmd, Delivery, QueueHandle, Settle, Shared, Stats};
+use super::handle::{
+    Body, ClaimSide, Cmd, Codec, Committed, Delivery, Incoming, QueueHandle, Settle, Shared, Stats, Typed,
+};
 use super::ready::{Entry, Key, Ready};
+use super::store::{QueueBatch, QueueStore, StoredBody, StoredMessage};
 use super::{QueueConfig, QueueError, QueueMessage};
 use crate::backpressure::OverflowPolicy;
+use crate::claim_check::{ticket_in, ClaimCheck, Ticket};
 use crate::dlq::{DeadLetter, DlqHandle, DlqSource, FailureRecord, RedriveFuture};
 use crate::envelope::{Envelope, MessageId, Timestamp};
 use crate::error::FailureReason;
 use crate::metrics as m;
+use crate::store::StoreError;
 
 /// Histogram samples a queue records per tick, at most (counters are exact).
 const SAMPLES_PER_TICK: u32 = 256;
+
+/// Most new messages a durable queue writes in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// A durable queue's change to a stored row, not written yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowOp {
+    /// Deliveries handed out (the attempt of the latest).
+    Delivered(u32),
+    Delete,
+}
+
+/// A durable send waiting for its commit.
+struct Pending<T> {
+    entry: Entry<Body<T>>,
+    body: StoredBody,
+    reply: Committed,
+}
+
+/// A message read back from the store at start.
+enum Loaded<T> {
+    Ok(Entry<Body<T>>),
+    /// Delivered `max_deliveries` times already (the last in flight at the
+    /// stop or crash).
+    Exhausted(Entry<Body<T>>),
+    /// The payload does not decode as `T` any more.
+    Undecodable(u64, DeadLetter),
+}
 
 struct InFlight<T> {
     entry: Entry<T>,
@@ -37,7 +69,7 @@ struct Delayed<T> {
 
 struct Slot<T> {
     id: u64,
-    tx: mpsc::Sender<Delivery<T>>,
+    tx: mpsc::Sender<Delivery<Body<T>>>,
     prefetch: usize,
     outstanding: usize,
 }
@@ -53,6 +85,8 @@ struct Metrics {
     dropped_oldest: metrics::Counter,
     stale: metrics::Counter,
     dlq_failures: metrics::Counter,
+    claim_failures: metrics::Counter,
+    store_errors: metrics::Counter,
     depth: metrics::Gauge,
     in_flight: metrics::Gauge,
     time_in_queue: metrics::Histogram,
@@ -73,6 +107,8 @@ impl Metrics {
             dropped_oldest: metrics::counter!(m::QUEUE_DROPPED, m::LABEL_NAME => name.to_owned(), m::LABEL_POLICY => "drop_oldest"),
             stale: metrics::counter!(m::QUEUE_STALE_SETTLES, &labels),
             dlq_failures: metrics::counter!(m::QUEUE_DLQ_FAILURES, &labels),
+            claim_failures: metrics::counter!(m::QUEUE_CLAIM_FAILURES, &labels),
+            store_errors: metrics::counter!(m::QUEUE_STORE_ERRORS, &labels),
             depth: metrics::gauge!(m::QUEUE_DEPTH, &labels),
             in_flight: metrics::gauge!(m::QUEUE_IN_FLIGHT, &labels),
             time_in_queue: metrics::histogram!(m::QUEUE_TIME_IN_QUEUE, &labels),
@@ -93,13 +129,13 @@ pub struct Queue<T> {
     shared: Arc<Shared>,
     dlq: DlqHandle,
     source: DlqSource,
-    ready: Ready<T>,
-    in_flight: BTreeMap<u64, InFlight<T>>,
+    ready: Ready<Body<T>>,
+    in_flight: BTreeMap<u64, InFlight<Body<T>>>,
     /// Deliveries that timed out, by receipt, with their consumer: it keeps
     /// the credit until it settles (late), so a stuck consumer is not sent
     /// more work that would only time out in its buffer.
     timed_out: HashMap<u64, u64>,
-    delayed: BTreeMap<(u64, u64), Delayed<T>>,
+    delayed: BTreeMap<(u64, u64), Delayed<Body<T>>>,
     histories: HashMap<MessageId, Vec<FailureRecord>>,
     expiry: BinaryHeap<Reverse<(Timestamp, MessageId)>>,
     consumers: Vec<Slot<T>>,
@@ -111,6 +147,25 @@ pub struct Queue<T> {
     visibility_us: u64,
     samples_left: u32,
     metrics: Metrics,
+    /// Where tickets are released (on ack, on a drop).
+    claims: Option<ClaimCheck>,
+    /// Durable queues: the store, sends waiting for their commit, changes
+    /// to stored rows not written yet, callers of `flush`.
+    store: Option<Arc<dyn QueueStore>>,
+    pending: Vec<Pending<T>>,
+    ops: BTreeMap<u64, RowOp>,
+    writing: bool,
+    flush_scheduled: bool,
+    flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Tickets of messages whose delete is among `ops`.
+    release_after_commit: Vec<Ticket>,
+    /// The next stored row's sequence (enqueue order).
+    next_row: u64,
+    /// Messages loaded at start beyond the capacity: permits given back
+    /// pay this off first, so the queue never holds more than `capacity`
+    /// plus what it found at start.
+    permit_debt: u64,
+    loaded: Vec<Loaded<T>>,
 }
 
 impl<T> Queue<T>
@@ -130,14 +185,55 @@ where
         dlq: DlqHandle,
         arbiter: Option<&ArbiterHandle>,
     ) -> Result<QueueHandle<T>, QueueError> {
+        Self::start_inner(config, dlq, None, arbiter)
+    }
+
+    /// Starts a durable queue on the current arbiter: its messages live in
+    /// `store` (see the [module docs](super#durability)). What the store
+    /// holds for this queue's name is loaded first (a blocking read on the
+    /// calling thread) and delivered again, in order.
+    pub fn start_durable(
+        config: QueueConfig,
+        dlq: DlqHandle,
+        store: Arc<dyn QueueStore>,
+    ) -> Result<QueueHandle<T>, QueueError> {
+        Self::start_inner(config, dlq, Some(store), None)
+    }
+
+    /// [`start_durable`](Self::start_durable) on `arbiter` (or the current
+    /// one).
+    pub fn start_durable_in(
+        config: QueueConfig,
+        dlq: DlqHandle,
+        store: Arc<dyn QueueStore>,
+        arbiter: Option<&ArbiterHandle>,
+    ) -> Result<QueueHandle<T>, QueueError> {
+        Self::start_inner(config, dlq, Some(store), arbiter)
+    }
+
+    fn start_inner(
+        config: QueueConfig,
+        dlq: DlqHandle,
+        store: Option<Arc<dyn QueueStore>>,
+        arbiter: Option<&ArbiterHandle>,
+    ) -> Result<QueueHandle<T>, QueueError> {
         config.validate()?;
         let name: Arc<str> = config.name.as_str().into();
+        let source = DlqSource::queue(config.name.clone());
+        let codec = Codec::<T>::new();
+        let (loaded, next_row) = match &store {
+            Some(store) => load::<T>(store.as_ref(), &config, &source, &codec)?,
+            None => (Vec::new(), 1),
+        };
+        let found = loaded.len();
+        let permits = config.capacity.saturating_sub(found).min(Semaphore::MAX_PERMITS);
+        let permit_debt = found.saturating_sub(config.capacity) as u64;
         let (tx, mut rx) = mpsc::channel::<Cmd<T>>(config.capacity.clamp(16, 4096));
         let (settle, mut settle_rx) = mpsc::unbounded_channel::<Settle>();
         let shared = Arc::new(Shared {
             name: name.clone(),
             policy: config.overflow,
-            permits: Semaphore::new(config.capacity.min(Semaphore::MAX_PERMITS)),
+            permits: Semaphore::new(permits),
             settle,
             next_consumer: AtomicU64::new(0),
             visibility_timeout: config.visibility_timeout,
@@ -145,7 +241,29 @@ where
             rejected: metrics::counter!(m::QUEUE_REJECTED, m::LABEL_NAME => name.to_string()),
             dropped_newest: metrics::counter!(m::QUEUE_DROPPED, m::LABEL_NAME => name.to_string(), m::LABEL_POLICY => "drop_newest"),
         });
-        let source = DlqSource::queue(config.name.clone());
+        let typed = Arc::new(Typed {
+            claim: config.claim_check.as_ref().map(|c| ClaimSide {
+                claims: c.claims.clone(),
+                threshold: c.threshold_bytes,
+                ttl: c.ttl,
+                checked: metrics::counter!(m::QUEUE_CLAIM_CHECKED, m::LABEL_NAME => name.to_string()),
+            }),
+            durable: store.is_some(),
+            codec,
+        });
+        // What was found is visible through the handle at once, before the
+        // actor first runs.
+        let mut waiting = 0;
+        for loaded in &loaded {
+            if let Loaded::Ok(e) | Loaded::Exhausted(e) = loaded {
+                waiting += u64::from(matches!(loaded, Loaded::Ok(_)));
+                if let Body::Claimed(t) = &e.env.payload {
+                    shared.stats.ticketed.fetch_add(1, Ordering::Relaxed);
+                    shared.stats.ticketed_bytes.fetch_add(t.size, Ordering::Relaxed);
+                }
+            }
+        }
+        shared.stats.depth.store(waiting, Ordering::Relaxed);
         let actor_shared = Arc::clone(&shared);
         let actor_dlq = dlq.clone();
         let tick = config.tick;
@@ -158,6 +276,7 @@ where
                 ready: Ready::new(config.priority, aging_us, config.partition_header.clone()),
                 visibility_us: u64::try_from(config.visibility_timeout.as_micros()).unwrap_or(u64::MAX),
                 metrics: Metrics::new(&config.name),
+                claims: config.claim_check.as_ref().map(|c| c.claims.clone()),
                 config,
                 shared: actor_shared,
                 dlq: actor_dlq,
@@ -174,6 +293,16 @@ where
                 next_seq: 0,
                 epoch: Instant::now(),
                 samples_left: SAMPLES_PER_TICK,
+                store,
+                pending: Vec::new(),
+                ops: BTreeMap::new(),
+                writing: false,
+                flush_scheduled: false,
+                flush_waiters: Vec::new(),
+                release_after_commit: Vec::new(),
+                next_row,
+                permit_debt,
+                loaded,
             }
         };
         match arbiter {
@@ -184,7 +313,7 @@ where
                 Queue::create(create);
             }
         }
-        let handle = QueueHandle { tx, shared };
+        let handle = QueueHandle { tx, shared, typed };
         let target = handle.clone();
         dlq.register_redrive(DlqSource::queue(name.to_string()), move |letter: DeadLetter| -> RedriveFuture {
             let target = target.clone();
@@ -194,20 +323,84 @@ where
     }
 }
 
+/// Reads what `store` holds for the queue: entries in enqueue order and the
+/// next row sequence.
+fn load<T: QueueMessage>(
+    store: &dyn QueueStore,
+    config: &QueueConfig,
+    source: &DlqSource,
+    codec: &Codec<T>,
+) -> Result<(Vec<Loaded<T>>, u64), QueueError> {
+    let rows = store.load(&config.name)?;
+    let next_row = rows.iter().map(|r| r.seq).max().map_or(1, |s| s + 1);
+    let loaded = rows
+        .into_iter()
+        .map(|row| {
+            let StoredMessage { seq, delivered, envelope, body } = row;
+            let body = match body {
+                StoredBody::Ticket(ticket) => Body::Claimed(ticket),
+                StoredBody::Inline(bytes) => match codec.decode(&bytes) {
+                    Ok(payload) => Body::Inline(payload),
+                    Err(e) => {
+                        // Kept whole (as bytes) in the DLQ rather than lost.
+                        let raw = envelope.with_payload(serde_json::json!({ "stored": bytes }));
+                        let reason = FailureReason::Failed(format!("stored payload does not decode: {e}"));
+                        let letter = DeadLetter::new(source.clone(), reason, &raw, Vec::new()).with_attempts(delivered);
+                        return Loaded::Undecodable(seq, letter);
+                    }
+                },
+            };
+            let mut env = envelope.with_payload(body);
+            env.attempt = delivered.saturating_add(1);
+            let entry = Entry { env, enqueued_us: 0, seq };
+            if delivered >= config.max_deliveries {
+                Loaded::Exhausted(entry)
+            } else {
+                Loaded::Ok(entry)
+            }
+        })
+        .collect();
+    Ok((loaded, next_row))
+}
+
 /// Puts a dead letter back into `queue`: its envelope decoded, attempt reset
 /// to 1 and a deadline that already passed removed (it would expire again at
-/// once).
+/// once). A dead letter that kept a claim-check ticket goes back as that
+/// ticket (no copy of the payload), to a queue with a claim check only.
 async fn redrive_into<T>(queue: &QueueHandle<T>, letter: DeadLetter) -> Result<(), String>
 where
-    T: DeserializeOwned + Send + 'static,
+    T: QueueMessage,
 {
-    let mut env: Envelope<T> = serde_json::from_value(letter.envelope)
-        .map_err(|e| format!("the envelope does not decode for queue `{}`: {e}", queue.name()))?;
+    let undecodable = |e: serde_json::Error| format!("the envelope does not decode for queue `{}`: {e}", queue.name());
+    let mut env: Envelope<Body<T>> = match ticket_in(&letter.envelope) {
+        Some(ticket) => {
+            let mut meta = letter.envelope;
+            meta["payload"] = serde_json::Value::Null;
+            let meta: Envelope<()> = serde_json::from_value(meta).map_err(undecodable)?;
+            meta.with_payload(Body::Claimed(ticket))
+        }
+        None => serde_json::from_value::<Envelope<T>>(letter.envelope).map_err(undecodable)?.map(Body::Inline),
+    };
     env.attempt = 1;
     if env.is_expired() {
         env.deadline = None;
     }
-    queue.send_envelope(env).await.map(|_| ()).map_err(|e| e.to_string())
+    queue.enqueue(env).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// The envelope's metadata, for storage.
+fn meta_of<P>(env: &Envelope<P>) -> Envelope<()> {
+    Envelope {
+        id: env.id,
+        correlation_id: env.correlation_id,
+        causation_id: env.causation_id,
+        created_at: env.created_at,
+        deadline: env.deadline,
+        priority: env.priority,
+        attempt: env.attempt,
+        headers: env.headers.clone(),
+        payload: (),
+    }
 }
 
 impl<T> Queue<T>
@@ -233,9 +426,84 @@ where
         stats.in_flight.store(self.in_flight.len() as u64, Ordering::Relaxed);
     }
 
-    fn store(&mut self, env: Envelope<T>, ctx: &mut Context<Self>) {
+    /// Counts a ticket coming into (`in_ = true`) or leaving the queue.
+    fn count_ticket(&self, body: &Body<T>, in_: bool) {
+        if let Body::Claimed(t) = body {
+            let stats = &self.shared.stats;
+            if in_ {
+                stats.ticketed.fetch_add(1, Ordering::Relaxed);
+                stats.ticketed_bytes.fetch_add(t.size, Ordering::Relaxed);
+            } else {
+                stats.ticketed.fetch_sub(1, Ordering::Relaxed);
+                stats.ticketed_bytes.fetch_sub(t.size, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A message leaves for good (acked, dropped): its payload goes too.
+    fn release_ticket(&self, body: &Body<T>) {
+        self.count_ticket(body, false);
+        if let (Body::Claimed(ticket), Some(claims)) = (body, &self.claims) {
+            claims.release_detached(*ticket, 1);
+        }
+    }
+
+    /// A message leaves for good (acked, dropped). On a durable queue its
+    /// payload is released only once the row's delete is committed: a crash
+    /// in between brings the message back, and it must still be claimable.
+    fn leave(&mut self, seq: u64, body: &Body<T>, ctx: &mut Context<Self>) {
+        if self.store.is_none() || seq == 0 {
+            return self.release_ticket(body);
+        }
+        self.count_ticket(body, false);
+        if let Body::Claimed(ticket) = body {
+            self.release_after_commit.push(*ticket);
+        }
+        self.note(seq, RowOp::Delete, ctx);
+    }
+
+    fn give_permit(&mut self) {
+        if self.permit_debt > 0 {
+            self.permit_debt -= 1;
+        } else {
+            self.shared.permits.add_permits(1);
+        }
+    }
+
+    /// A durable queue's change to the row of `seq` (0: not stored).
+    /// Delivery counts are written at once (a handler that crashes the
+    /// process must find its attempt counted); deletes ride along with the
+    /// next commit or go at the next tick (a lost one is one more delivery).
+    fn note(&mut self, seq: u64, op: RowOp, ctx: &mut Context<Self>) {
+        if self.store.is_some() && seq > 0 {
+            self.ops.insert(seq, op);
+            if op != RowOp::Delete {
+                self.schedule_flush(ctx);
+            }
+        }
+    }
+
+    /// Takes a message that holds a place: ready at once, or once
+    /// committed on a durable queue.
+    fn accept(&mut self, incoming: Incoming<T>, ctx: &mut Context<Self>) {
+        let Incoming { env, stored } = incoming;
+        self.count_ticket(&env.payload, true);
+        let mut entry = Entry { env, enqueued_us: self.now_us(), seq: 0 };
+        match (stored, &self.store) {
+            (Some((body, reply)), Some(_)) => {
+                entry.seq = self.next_row;
+                self.next_row += 1;
+                self.pending.push(Pending { entry, body, reply });
+                self.schedule_flush(ctx);
+            }
+            _ => self.store(entry, ctx),
+        }
+    }
+
+    /// Makes an accepted (and, when durable, committed) message ready.
+    fn store(&mut self, mut entry: Entry<Body<T>>, ctx: &mut Context<Self>) {
         bump(&self.metrics.enqueued, &self.shared.stats.enqueued);
-        let entry = Entry { env, enqueued_us: self.now_us() };
+        entry.enqueued_us = self.now_us();
         if let Some(deadline) = entry.env.deadline {
             if entry.env.is_expired_at(Timestamp::now()) {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
@@ -249,33 +517,155 @@ where
 
     /// A message that found the queue full under `drop_oldest` or
     /// `dead_letter`.
-    fn overflow(&mut self, env: Envelope<T>, ctx: &mut Context<Self>) {
+    fn overflow(&mut self, incoming: Incoming<T>, ctx: &mut Context<Self>) {
         // Room may have been made since the sender looked.
         if self.shared.permits.try_acquire().map(|p| p.forget()).is_ok() {
-            return self.store(env, ctx);
+            return self.accept(incoming, ctx);
         }
         let policy = self.config.overflow;
         // The victim gives its place (and its permit) to the newcomer.
         let victim = if policy == OverflowPolicy::DropOldest || self.config.priority {
-            self.ready.evict_for(&env)
+            self.ready.evict_for(&incoming.env)
         } else {
             None
         };
         let reason = FailureReason::Overflow(policy.as_str().to_owned());
-        let (out, keep) = match victim {
-            Some(old) => (old, Some(env)),
-            None => (Entry { env, enqueued_us: self.now_us() }, None),
+        let (out, keep, reply) = match victim {
+            Some(old) => (old, Some(incoming), None),
+            None => {
+                let Incoming { env, stored } = incoming;
+                self.count_ticket(&env.payload, true);
+                (Entry { env, enqueued_us: self.now_us(), seq: 0 }, None, stored.map(|(_, reply)| reply))
+            }
         };
         if policy == OverflowPolicy::DropOldest {
             self.histories.remove(&out.env.id);
             bump(&self.metrics.dropped_oldest, &self.shared.stats.dropped);
             tracing::debug!(queue = %self.config.name, id = %out.env.id, "queue full: message dropped (drop_oldest)");
+            self.leave(out.seq, &out.env.payload, ctx);
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
         } else {
-            self.dead_letter(out, reason, false, ctx);
+            self.dead_letter_then(out, reason, false, reply, ctx);
         }
-        if let Some(env) = keep {
+        if let Some(incoming) = keep {
             // Counted as enqueued by `store`; its permit is the victim's.
-            self.store(env, ctx);
+            self.accept(incoming, ctx);
+        }
+    }
+
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flush_scheduled || self.writing {
+            return;
+        }
+        self.flush_scheduled = true;
+        // Write once the mailbox is drained, so that the sends and acks
+        // already waiting share one transaction (group commit).
+        ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| {
+            act.flush_scheduled = false;
+            act.flush(ctx);
+        }));
+    }
+
+    /// Writes what is pending in one transaction, unless a write is in
+    /// progress (its completion writes what piled up meanwhile).
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let Some(store) = self.store.clone() else { return };
+        if self.writing {
+            return;
+        }
+        if self.pending.is_empty() && self.ops.is_empty() {
+            for w in self.flush_waiters.drain(..) {
+                let _ = w.send(());
+            }
+            return;
+        }
+        let n = self.pending.len().min(MAX_BATCH);
+        let mut pending: Vec<Pending<T>> = self.pending.drain(..n).collect();
+        let inserts = pending
+            .iter_mut()
+            .map(|p| StoredMessage {
+                seq: p.entry.seq,
+                delivered: p.entry.env.attempt.saturating_sub(1),
+                envelope: meta_of(&p.entry.env),
+                // Moved, not copied: the batch is the only one to need it.
+                body: std::mem::replace(&mut p.body, StoredBody::Inline(Vec::new())),
+            })
+            .collect();
+        let mut batch = QueueBatch { inserts, ..QueueBatch::default() };
+        for (seq, op) in std::mem::take(&mut self.ops) {
+            match op {
+                RowOp::Delivered(n) => batch.delivered.push((seq, n)),
+                RowOp::Delete => batch.deletes.push(seq),
+            }
+        }
+        let waiters = if self.pending.is_empty() { std::mem::take(&mut self.flush_waiters) } else { Vec::new() };
+        let releases = std::mem::take(&mut self.release_after_commit);
+        self.writing = true;
+        let name = self.shared.name.clone();
+        let write = async move {
+            if !store.blocking() {
+                return store.commit(&name, &batch);
+            }
+            actix_rt::task::spawn_blocking(move || store.commit(&name, &batch))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("queue store worker: {e}"))))
+        };
+        ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
+            act.writing = false;
+            match res {
+                Ok(()) => {
+                    for p in pending {
+                        act.store(p.entry, ctx);
+                        let _ = p.reply.send(Ok(()));
+                    }
+                    if let Some(claims) = &act.claims {
+                        for ticket in releases {
+                            claims.release_detached(ticket, 1);
+                        }
+                    }
+                }
+                Err(e) => {
+                    act.metrics.store_errors.increment(1);
+                    act.shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                    // The rows whose delete failed come back at the next
+                    // start: their payloads stay (freed at expiry otherwise).
+                    tracing::error!(queue = %act.config.name, error = %e, releases_kept = releases.len(), "queue store commit failed");
+                    for p in pending {
+                        act.release_ticket(&p.entry.env.payload);
+                        act.give_permit();
+                        let _ = p.reply.send(Err(QueueError::Storage(e.clone())));
+                    }
+                }
+            }
+            for w in waiters {
+                let _ = w.send(());
+            }
+            act.flush(ctx);
+            act.dispatch(ctx);
+            act.publish_sizes();
+        }));
+    }
+
+    /// Delivers or dead-letters what the store held at start.
+    fn take_loaded(&mut self, ctx: &mut Context<Self>) {
+        let found = std::mem::take(&mut self.loaded);
+        if !found.is_empty() {
+            tracing::info!(queue = %self.config.name, messages = found.len(), "durable queue: messages loaded");
+        }
+        for loaded in found {
+            match loaded {
+                // Tickets were counted in by `start_inner`.
+                Loaded::Ok(entry) => self.store(entry, ctx),
+                Loaded::Exhausted(entry) => {
+                    let attempt = entry.env.attempt.saturating_sub(1);
+                    let failure = FailureReason::Failed("delivery in flight at a stop or crash".into());
+                    self.histories.entry(entry.env.id).or_default().push(FailureRecord::now(attempt, &failure));
+                    self.dead_letter(entry, FailureReason::MaxDeliveries, true, ctx);
+                }
+                Loaded::Undecodable(seq, letter) => self.send_letter(letter, seq, true, None, ctx),
+            }
         }
     }
 
@@ -339,7 +729,11 @@ where
                         self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
                     }
                     let due_us = now.saturating_add(self.visibility_us);
+                    let (seq, attempt) = (entry.seq, entry.env.attempt);
                     self.in_flight.insert(receipt, InFlight { entry, consumer, due_us, delivered_us: now, key });
+                    // Recorded before the handler can crash the process,
+                    // so max_deliveries holds across restarts.
+                    self.note(seq, RowOp::Delivered(attempt), ctx);
                 }
                 Err(e) => {
                     // The consumer is gone (or out of step): take the
@@ -354,7 +748,7 @@ where
         self.publish_sizes();
     }
 
-    fn requeue_front(&mut self, entry: Entry<T>, key: Option<Key>) {
+    fn requeue_front(&mut self, entry: Entry<Body<T>>, key: Option<Key>) {
         self.ready.push_front(entry);
         self.release(key);
     }
@@ -368,7 +762,7 @@ where
     /// A delivery failed: retry it or, out of attempts, dead-letter it.
     fn fail(
         &mut self,
-        mut entry: Entry<T>,
+        mut entry: Entry<Body<T>>,
         key: Option<Key>,
         reason: FailureReason,
         delay: Option<Duration>,
@@ -398,30 +792,74 @@ where
     }
 
     /// Sends `entry` to the DLQ; its capacity is given back (when it holds
-    /// some) once the DLQ has stored it.
-    fn dead_letter(&mut self, entry: Entry<T>, reason: FailureReason, holds_permit: bool, ctx: &mut Context<Self>) {
+    /// some) once the DLQ has stored it. A claim-checked message keeps its
+    /// ticket: the DLQ entry holds the ticket, not the payload.
+    fn dead_letter(
+        &mut self,
+        entry: Entry<Body<T>>,
+        reason: FailureReason,
+        holds_permit: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        self.dead_letter_then(entry, reason, holds_permit, None, ctx);
+    }
+
+    /// [`dead_letter`](Self::dead_letter), answering `reply` (a durable
+    /// send dead-lettered at once) once the DLQ has it.
+    fn dead_letter_then(
+        &mut self,
+        entry: Entry<Body<T>>,
+        reason: FailureReason,
+        holds_permit: bool,
+        reply: Option<Committed>,
+        ctx: &mut Context<Self>,
+    ) {
         let history = self.histories.remove(&entry.env.id).unwrap_or_default();
-        let code = reason.code();
         tracing::debug!(queue = %self.config.name, id = %entry.env.id, %reason, "dead-lettering");
         let letter = DeadLetter::new(self.source.clone(), reason, &entry.env, history);
+        self.count_ticket(&entry.env.payload, false);
+        let seq = entry.seq;
         drop(entry);
+        self.send_letter(letter, seq, holds_permit, reply, ctx);
+    }
+
+    /// Stores `letter` in the DLQ; then the stored row `seq` (if any) is
+    /// deleted, so a message is always in the queue store or the DLQ.
+    fn send_letter(
+        &mut self,
+        letter: DeadLetter,
+        seq: u64,
+        holds_permit: bool,
+        reply: Option<Committed>,
+        ctx: &mut Context<Self>,
+    ) {
+        let code = letter.reason.code();
         self.shared.stats.pending_dead_letters.fetch_add(1, Ordering::Relaxed);
         let dlq = self.dlq.clone();
         let stored = async move { dlq.dead_letter(letter).await };
-        ctx.spawn(stored.into_actor(self).map(move |res, act, _| {
+        ctx.spawn(stored.into_actor(self).map(move |res, act, ctx| {
             match res {
                 Ok(()) => {
                     metrics::counter!(m::QUEUE_DEAD_LETTERED, m::LABEL_NAME => act.config.name.clone(), m::LABEL_REASON => code)
                         .increment(1);
                     act.shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    act.note(seq, RowOp::Delete, ctx);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(()));
+                    }
                 }
                 Err(e) => {
                     act.metrics.dlq_failures.increment(1);
                     tracing::error!(queue = %act.config.name, error = %e, "could not store a dead letter");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(QueueError::Storage(StoreError::Unavailable(format!(
+                            "the DLQ refused the message: {e}"
+                        )))));
+                    }
                 }
             }
             if holds_permit {
-                act.shared.permits.add_permits(1);
+                act.give_permit();
             }
             act.shared.stats.pending_dead_letters.fetch_sub(1, Ordering::Relaxed);
         }));
@@ -450,6 +888,9 @@ where
             self.requeue_front(d.entry, d.key);
         }
         self.expire(ctx);
+        if !self.ops.is_empty() {
+            self.schedule_flush(ctx);
+        }
         self.samples_left = SAMPLES_PER_TICK;
         self.metrics.depth.set((self.ready.len() + self.delayed.len()) as f64);
         self.metrics.in_flight.set(self.in_flight.len() as f64);
@@ -493,13 +934,28 @@ where
     }
 
     fn settle(&mut self, settle: Settle, ctx: &mut Context<Self>) {
-        let receipt = match &settle {
+        let settle = match settle {
             Settle::Close(id) => {
-                self.remove_consumer(*id);
+                self.remove_consumer(id);
                 return;
             }
+            Settle::Flush(waiter) => {
+                if self.store.is_some() {
+                    self.flush_waiters.push(waiter);
+                    self.schedule_flush(ctx);
+                } else {
+                    let _ = waiter.send(());
+                }
+                return;
+            }
+            other => other,
+        };
+        let receipt = match &settle {
             Settle::Ack(r) | Settle::Expired(r) | Settle::Release(r) => *r,
-            Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } => *receipt,
+            Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } | Settle::Unclaimable { receipt, .. } => {
+                *receipt
+            }
+            Settle::Close(_) | Settle::Flush(_) => return,
         };
         let Some(f) = self.in_flight.remove(&receipt) else {
             // Settled after its visibility timeout: the message was already
@@ -522,7 +978,8 @@ where
                 if !self.histories.is_empty() {
                     self.histories.remove(&f.entry.env.id);
                 }
-                self.shared.permits.add_permits(1);
+                self.leave(f.entry.seq, &f.entry.env.payload, ctx);
+                self.give_permit();
                 self.release(f.key);
             }
             Settle::Nack { reason, delay, .. } => {
@@ -540,8 +997,20 @@ where
                 self.dead_letter(f.entry, FailureReason::Expired, true, ctx);
                 self.release(f.key);
             }
-            Settle::Release(_) => self.requeue_front(f.entry, f.key),
-            Settle::Close(_) => {}
+            Settle::Unclaimable { reason, .. } => {
+                bump(&self.metrics.claim_failures, &self.shared.stats.claim_failures);
+                let attempt = f.entry.env.attempt;
+                self.histories.entry(f.entry.env.id).or_default().push(FailureRecord::now(attempt, &reason));
+                self.dead_letter(f.entry, reason, true, ctx);
+                self.release(f.key);
+            }
+            Settle::Release(_) => {
+                // Never seen by a handler: the attempt does not count.
+                let (seq, attempt) = (f.entry.seq, f.entry.env.attempt);
+                self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)), ctx);
+                self.requeue_front(f.entry, f.key);
+            }
+            Settle::Close(_) | Settle::Flush(_) => {}
         }
     }
 }
@@ -551,6 +1020,11 @@ where
     T: QueueMessage,
 {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.take_loaded(ctx);
+        self.publish_sizes();
+    }
 }
 
 impl<T> StreamHandler<Cmd<T>> for Queue<T>
@@ -559,8 +1033,8 @@ where
 {
     fn handle(&mut self, cmd: Cmd<T>, ctx: &mut Context<Self>) {
         match cmd {
-            Cmd::Enqueue(env) => self.store(env, ctx),
-            Cmd::Overflow(env) => self.overflow(env, ctx),
+            Cmd::Enqueue(incoming) => self.accept(incoming, ctx),
+            Cmd::Overflow(incoming) => self.overflow(incoming, ctx),
             Cmd::Subscribe { id, tx, prefetch } => {
                 self.consumers.push(Slot { id, tx, prefetch, outstanding: 0 });
                 self.credit += prefetch;

@@ -1,26 +1,150 @@
 //! The sending side of a queue, its consumers and their deliveries.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use futures::FutureExt as _;
+use serde::de::DeserializeOwned;
+use serde::{Serialize, Serializer};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::store::StoredBody;
 use super::QueueError;
 use crate::backpressure::OverflowPolicy;
+use crate::claim_check::{ClaimCheck, Ticket, TICKET_FIELD};
 use crate::envelope::{Envelope, MessageId};
 use crate::error::FailureReason;
 use crate::request_reply::inherit_context;
 
+/// What a queue holds of a message: the payload itself, or the claim-check
+/// ticket it was checked in under (resolved by the consumer).
+#[derive(Clone, Debug)]
+pub(crate) enum Body<T> {
+    Inline(T),
+    Claimed(Ticket),
+}
+
+impl<T> Body<T> {
+    pub(crate) fn ticket(&self) -> Option<&Ticket> {
+        match self {
+            Body::Claimed(t) => Some(t),
+            Body::Inline(_) => None,
+        }
+    }
+}
+
+/// A dead letter shows the payload as it was sent, or the ticket under
+/// [`TICKET_FIELD`] (a large payload stays out of the DLQ).
+impl<T: Serialize> Serialize for Body<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Body::Inline(t) => t.serialize(s),
+            Body::Claimed(ticket) => {
+                use serde::ser::SerializeMap as _;
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry(TICKET_FIELD, ticket)?;
+                map.end()
+            }
+        }
+    }
+}
+
+/// The typed side of a queue, shared by its handles and consumers: how to
+/// encode payloads (for storage and the claim check) and where tickets go.
+pub(crate) struct Typed<T> {
+    pub(crate) claim: Option<ClaimSide>,
+    pub(crate) durable: bool,
+    pub(crate) codec: Codec<T>,
+}
+
+/// A queue's claim-check settings.
+#[derive(Clone)]
+pub(crate) struct ClaimSide {
+    pub(crate) claims: ClaimCheck,
+    pub(crate) threshold: usize,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) checked: metrics::Counter,
+}
+
+/// First byte of an encoded payload: how the rest is encoded.
+const TAG_POSTCARD: u8 = 0;
+const TAG_JSON: u8 = 1;
+/// A queue's codec before its first message.
+const UNDECIDED: u8 = u8::MAX;
+
+/// How a queue encodes payloads for its store and the claim check: postcard
+/// (compact) when the type round-trips through it, JSON otherwise (types
+/// whose serde form is not positional: `serde_json::Value`,
+/// `skip_serializing_if`, `flatten`, untagged enums). The first message
+/// decides, by trying; every encoded payload starts with a tag byte, so
+/// what was stored decodes whichever codec wrote it.
+pub(crate) struct Codec<T> {
+    chosen: AtomicU8,
+    to_postcard: fn(&T) -> Result<Vec<u8>, String>,
+    from_postcard: fn(&[u8]) -> Result<T, String>,
+    to_json: fn(&T) -> Result<Vec<u8>, String>,
+    from_json: fn(&[u8]) -> Result<T, String>,
+}
+
+impl<T: Serialize + DeserializeOwned> Codec<T> {
+    pub(crate) fn new() -> Self {
+        Codec {
+            chosen: AtomicU8::new(UNDECIDED),
+            to_postcard: |p| postcard::to_stdvec(&(TAG_POSTCARD, p)).map_err(|e| e.to_string()),
+            from_postcard: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
+            to_json: |p| {
+                let mut out = vec![TAG_JSON];
+                serde_json::to_writer(&mut out, p).map_err(|e| e.to_string())?;
+                Ok(out)
+            },
+            from_json: |b| serde_json::from_slice(b).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl<T> Codec<T> {
+    pub(crate) fn encode(&self, payload: &T) -> Result<Vec<u8>, String> {
+        match self.chosen.load(Ordering::Relaxed) {
+            TAG_POSTCARD => (self.to_postcard)(payload),
+            TAG_JSON => (self.to_json)(payload),
+            _ => {
+                let postcard = (self.to_postcard)(payload).ok().filter(|b| (self.from_postcard)(&b[1..]).is_ok());
+                let tag = if postcard.is_some() { TAG_POSTCARD } else { TAG_JSON };
+                self.chosen.store(tag, Ordering::Relaxed);
+                postcard.map_or_else(|| (self.to_json)(payload), Ok)
+            }
+        }
+    }
+
+    pub(crate) fn decode(&self, bytes: &[u8]) -> Result<T, String> {
+        match bytes.split_first() {
+            Some((&TAG_POSTCARD, rest)) => (self.from_postcard)(rest),
+            Some((&TAG_JSON, rest)) => (self.from_json)(rest),
+            Some((tag, _)) => Err(format!("unknown payload encoding {tag}")),
+            None => Err("empty payload".into()),
+        }
+    }
+}
+
+/// What a durable send waits for: the commit of its message.
+pub(crate) type Committed = oneshot::Sender<Result<(), QueueError>>;
+
+/// A message for the actor; `stored` is set for durable queues.
+pub(crate) struct Incoming<T> {
+    pub(crate) env: Envelope<Body<T>>,
+    pub(crate) stored: Option<(StoredBody, Committed)>,
+}
+
 /// What a handle sends to the queue actor.
 pub(crate) enum Cmd<T> {
     /// A message that holds a capacity permit.
-    Enqueue(Envelope<T>),
+    Enqueue(Incoming<T>),
     /// A message that found the queue full (policy `drop_oldest` or
     /// `dead_letter`): the actor applies the policy.
-    Overflow(Envelope<T>),
+    Overflow(Incoming<T>),
     /// A new consumer.
-    Subscribe { id: u64, tx: mpsc::Sender<Delivery<T>>, prefetch: usize },
+    Subscribe { id: u64, tx: mpsc::Sender<Delivery<Body<T>>>, prefetch: usize },
 }
 
 /// How a delivery (or a consumer) ends, sent to the queue actor.
@@ -42,6 +166,14 @@ pub(crate) enum Settle {
     Release(u64),
     /// The consumer takes nothing more (what it holds is still delivered).
     Close(u64),
+    /// The payload could not be claimed: dead-letter it.
+    Unclaimable {
+        receipt: u64,
+        reason: FailureReason,
+    },
+    /// Answer once everything done so far is written (durable queues). On
+    /// this channel so that it comes after the settles sent before it.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Counters and sizes of one queue, readable without asking the actor.
@@ -61,6 +193,11 @@ pub(crate) struct Stats {
     pub(crate) depth: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) pending_dead_letters: AtomicU64,
+    pub(crate) claim_checked: AtomicU64,
+    pub(crate) claim_failures: AtomicU64,
+    pub(crate) ticketed: AtomicU64,
+    pub(crate) ticketed_bytes: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
 }
 
 /// A snapshot of a queue's counters (the same figures as its metrics).
@@ -94,6 +231,16 @@ pub struct QueueStats {
     pub in_flight: u64,
     /// Messages on their way to the DLQ.
     pub pending_dead_letters: u64,
+    /// Sends whose payload was checked in to the claim-check store.
+    pub claim_checked: u64,
+    /// Deliveries whose payload could not be claimed (dead-lettered).
+    pub claim_failures: u64,
+    /// Messages the queue holds now as claim-check tickets.
+    pub ticketed: u64,
+    /// The payload bytes those tickets stand for (kept out of the queue).
+    pub ticketed_bytes: u64,
+    /// Durable queues: commits to the queue store that failed.
+    pub store_errors: u64,
 }
 
 impl Stats {
@@ -114,6 +261,11 @@ impl Stats {
             depth: g(&self.depth),
             in_flight: g(&self.in_flight),
             pending_dead_letters: g(&self.pending_dead_letters),
+            claim_checked: g(&self.claim_checked),
+            claim_failures: g(&self.claim_failures),
+            ticketed: g(&self.ticketed),
+            ticketed_bytes: g(&self.ticketed_bytes),
+            store_errors: g(&self.store_errors),
         }
     }
 }
@@ -137,11 +289,12 @@ pub(crate) struct Shared {
 pub struct QueueHandle<T> {
     pub(crate) tx: mpsc::Sender<Cmd<T>>,
     pub(crate) shared: Arc<Shared>,
+    pub(crate) typed: Arc<Typed<T>>,
 }
 
 impl<T> Clone for QueueHandle<T> {
     fn clone(&self) -> Self {
-        QueueHandle { tx: self.tx.clone(), shared: Arc::clone(&self.shared) }
+        QueueHandle { tx: self.tx.clone(), shared: Arc::clone(&self.shared), typed: Arc::clone(&self.typed) }
     }
 }
 
@@ -172,24 +325,34 @@ impl<T: Send + 'static> QueueHandle<T> {
     /// and drop or dead-letter a message (the new one or, for `drop_oldest`,
     /// the oldest), counting it.
     ///
+    /// With a claim check, a payload whose encoded size is above the
+    /// threshold is checked in first and the queue holds its ticket. On a
+    /// durable queue the send resolves once the message is committed to
+    /// storage (with other sends of the moment: one transaction, one fsync).
+    ///
     /// Cancel-safe: dropping the future before it resolves (a timeout
     /// around it) leaves the message unsent and the queue's capacity as it
     /// was, so a `block` send can be bounded with `tokio::time::timeout`.
     pub async fn send_envelope(&self, envelope: Envelope<T>) -> Result<MessageId, QueueError> {
+        self.enqueue(envelope.map(Body::Inline)).await
+    }
+
+    pub(crate) async fn enqueue(&self, envelope: Envelope<Body<T>>) -> Result<MessageId, QueueError> {
         let id = envelope.id;
         let shared = &self.shared;
         // The permit is held, not forgotten, until the command is in the
         // channel: a caller that gives up waiting (a timeout around this
-        // future, an HTTP client that went away) gives the place back instead
-        // of leaking it. The actor gives it back once the message leaves.
-        let (cmd, permit) = if shared.policy == OverflowPolicy::Block {
+        // future, an HTTP client that went away) or a send that fails before
+        // that gives the place back instead of leaking it. The actor gives it
+        // back once the message leaves.
+        let (overflow, permit) = if shared.policy == OverflowPolicy::Block {
             match shared.permits.acquire().await {
-                Ok(p) => (Cmd::Enqueue(envelope), Some(p)),
+                Ok(p) => (false, Some(p)),
                 Err(_) => return Err(self.closed()),
             }
         } else {
             match shared.permits.try_acquire() {
-                Ok(p) => (Cmd::Enqueue(envelope), Some(p)),
+                Ok(p) => (false, Some(p)),
                 Err(tokio::sync::TryAcquireError::Closed) => return Err(self.closed()),
                 Err(tokio::sync::TryAcquireError::NoPermits) => match shared.policy {
                     OverflowPolicy::Reject | OverflowPolicy::Block => {
@@ -203,17 +366,89 @@ impl<T: Send + 'static> QueueHandle<T> {
                         tracing::debug!(queue = %shared.name, %id, "queue full: message dropped (drop_newest)");
                         return Ok(id);
                     }
-                    OverflowPolicy::DropOldest | OverflowPolicy::DeadLetter => (Cmd::Overflow(envelope), None),
+                    OverflowPolicy::DropOldest | OverflowPolicy::DeadLetter => (true, None),
                 },
             }
         };
+        let (env, stored) = self.prepare(envelope).await?;
+        let ticket = env.payload.ticket().copied();
+        let (stored, committed) = match stored {
+            Some(body) => {
+                let (tx, rx) = oneshot::channel();
+                (Some((body, tx)), Some(rx))
+            }
+            None => (None, None),
+        };
+        let incoming = Incoming { env, stored };
+        let cmd = if overflow { Cmd::Overflow(incoming) } else { Cmd::Enqueue(incoming) };
         if self.tx.send(cmd).await.is_err() {
+            self.release_ticket(ticket);
             return Err(self.closed());
         }
         if let Some(permit) = permit {
             permit.forget();
         }
-        Ok(id)
+        match committed {
+            // The actor gives back the permit and the ticket when the
+            // commit fails; a queue that stopped before answering may have
+            // committed or not: the caller must treat it as unknown.
+            Some(rx) => rx.await.unwrap_or_else(|_| Err(self.closed())).map(|()| id),
+            None => Ok(id),
+        }
+    }
+
+    /// Checks a large payload in; encodes it for a durable queue.
+    async fn prepare(&self, mut env: Envelope<Body<T>>) -> Result<(Envelope<Body<T>>, Option<StoredBody>), QueueError> {
+        let typed = &self.typed;
+        let payload = match &env.payload {
+            Body::Claimed(ticket) => {
+                if typed.claim.is_none() {
+                    return Err(QueueError::Invalid(format!(
+                        "queue `{}` has no claim check: it cannot take a claim-check ticket",
+                        self.shared.name
+                    )));
+                }
+                let stored = typed.durable.then_some(StoredBody::Ticket(*ticket));
+                return Ok((env, stored));
+            }
+            Body::Inline(_) if typed.claim.is_none() && !typed.durable => return Ok((env, None)),
+            Body::Inline(payload) => payload,
+        };
+        let bytes = typed.codec.encode(payload).map_err(QueueError::Codec)?;
+        if let Some(claim) = typed.claim.as_ref().filter(|c| bytes.len() > c.threshold) {
+            let ticket = claim.claims.check_in_shared(bytes, 1, claim.ttl).await?;
+            claim.checked.increment(1);
+            self.shared.stats.claim_checked.fetch_add(1, Ordering::Relaxed);
+            env.payload = Body::Claimed(ticket);
+            return Ok((env, typed.durable.then_some(StoredBody::Ticket(ticket))));
+        }
+        Ok((env, typed.durable.then_some(StoredBody::Inline(bytes))))
+    }
+
+    fn release_ticket(&self, ticket: Option<Ticket>) {
+        if let (Some(ticket), Some(claim)) = (ticket, &self.typed.claim) {
+            claim.claims.release_detached(ticket, 1);
+        }
+    }
+
+    /// Durable queues: resolves once every change made so far (sends, acks,
+    /// dead letters, delivery counts) is committed. Acks are written in the
+    /// background (a lost ack means one more delivery, which at-least-once
+    /// allows); call this before a planned stop to keep redeliveries to a
+    /// minimum. Resolves at once for a queue in memory.
+    pub async fn flush(&self) -> Result<(), QueueError> {
+        if !self.typed.durable {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared.settle.send(Settle::Flush(tx)).map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())
+    }
+
+    /// True when the queue keeps its messages in a store (see
+    /// [`Queue::start_durable`](super::Queue::start_durable)).
+    pub fn is_durable(&self) -> bool {
+        self.typed.durable
     }
 
     fn closed(&self) -> QueueError {
@@ -227,7 +462,14 @@ impl<T: Send + 'static> QueueHandle<T> {
         let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(prefetch);
         self.tx.send(Cmd::Subscribe { id, tx, prefetch }).await.map_err(|_| self.closed())?;
-        Ok(Consumer { id, rx, settle: self.shared.settle.clone(), closed: false })
+        Ok(Consumer {
+            id,
+            rx,
+            settle: self.shared.settle.clone(),
+            closed: false,
+            typed: Arc::clone(&self.typed),
+            stash: None,
+        })
     }
 
     /// The queue's counters and sizes.
@@ -261,11 +503,20 @@ impl<T: Send + 'static> QueueHandle<T> {
 /// time. Dropping it: the queue sends it nothing more, and deliveries it had
 /// buffered but not returned go back to the queue without counting an
 /// attempt (deliveries already returned settle through their own drop).
+///
+/// A message that travelled as a claim-check ticket is claimed (verified)
+/// before [`recv`](Self::recv) returns it, so callers only see payloads; one
+/// that cannot be claimed (expired, missing, tampered) is dead-lettered with
+/// reason `claim_check` and skipped.
 pub struct Consumer<T> {
     id: u64,
-    rx: mpsc::Receiver<Delivery<T>>,
+    rx: mpsc::Receiver<Delivery<Body<T>>>,
     settle: mpsc::UnboundedSender<Settle>,
     closed: bool,
+    typed: Arc<Typed<T>>,
+    /// A delivery being claimed: kept here across the claim's await, so a
+    /// `recv` cancelled mid-claim (in a `select!`) loses nothing.
+    stash: Option<Delivery<Body<T>>>,
 }
 
 impl<T> std::fmt::Debug for Consumer<T> {
@@ -276,33 +527,72 @@ impl<T> std::fmt::Debug for Consumer<T> {
 
 impl<T> Consumer<T> {
     /// The next delivery; `None` once the consumer is closed and drained
-    /// (or the queue is gone). Expired deliveries are dead-lettered here,
-    /// never returned.
+    /// (or the queue is gone). Expired deliveries and payloads that cannot
+    /// be claimed are dead-lettered here, never returned.
     pub async fn recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let d = self.rx.recv().await?;
-            if let Some(d) = Self::fresh(d) {
+            let d = match self.stash.take() {
+                Some(d) => d,
+                None => self.rx.recv().await?,
+            };
+            let Some(d) = Self::fresh(d) else { continue };
+            let (d, ticket) = match d.open() {
+                Opened::Ready(d) => return Some(d),
+                Opened::Ticket(d, ticket) => (d, ticket),
+            };
+            self.stash = Some(d);
+            let claimed = claim(&self.typed, &ticket).await;
+            let Some(d) = self.stash.take() else { continue };
+            if let Some(d) = Self::claimed(d, claimed) {
                 return Some(d);
             }
         }
     }
 
-    /// A delivery if one is waiting, without waiting.
+    /// A delivery if one is waiting, without waiting. A ticket whose claim
+    /// needs the storage thread (the SQLite claim store) is not claimed
+    /// here: it stays first in line for the next [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let d = self.rx.try_recv().ok()?;
-            if let Some(d) = Self::fresh(d) {
+            let d = match self.stash.take() {
+                Some(d) => d,
+                None => self.rx.try_recv().ok()?,
+            };
+            let Some(d) = Self::fresh(d) else { continue };
+            let (d, ticket) = match d.open() {
+                Opened::Ready(d) => return Some(d),
+                Opened::Ticket(d, ticket) => (d, ticket),
+            };
+            let blocking = self.typed.claim.as_ref().is_some_and(|c| c.claims.backend().blocking());
+            let claimed = if blocking { None } else { claim(&self.typed, &ticket).now_or_never() };
+            let Some(claimed) = claimed else {
+                self.stash = Some(d);
+                return None;
+            };
+            if let Some(d) = Self::claimed(d, claimed) {
                 return Some(d);
             }
         }
     }
 
-    fn fresh(mut d: Delivery<T>) -> Option<Delivery<T>> {
+    fn fresh(mut d: Delivery<Body<T>>) -> Option<Delivery<Body<T>>> {
         if d.envelope.deadline.is_some() && d.envelope.is_expired() {
             d.settler.send(Settle::Expired);
             return None;
         }
         Some(d)
+    }
+
+    fn claimed(d: Delivery<Body<T>>, claimed: Result<T, FailureReason>) -> Option<Delivery<T>> {
+        match claimed {
+            Ok(payload) => Some(d.with_payload(payload)),
+            Err(reason) => {
+                let Delivery { envelope, mut settler } = d;
+                tracing::warn!(message_id = %envelope.id, %reason, "claim check failed; dead-lettering");
+                settler.send(|receipt| Settle::Unclaimable { receipt, reason });
+                None
+            }
+        }
     }
 
     /// Stops taking new deliveries; those already sent to this consumer are
@@ -315,11 +605,27 @@ impl<T> Consumer<T> {
     }
 }
 
+/// The payload behind `ticket`, verified and decoded. The payload stays in
+/// the store until the ack.
+async fn claim<T>(typed: &Typed<T>, ticket: &Ticket) -> Result<T, FailureReason> {
+    let Some(side) = &typed.claim else {
+        return Err(FailureReason::ClaimCheck(format!("ticket {}: the queue has no claim-check store", ticket.id)));
+    };
+    let bytes = side.claims.claim(ticket).await.map_err(|e| FailureReason::ClaimCheck(e.to_string()))?;
+    typed
+        .codec
+        .decode(&bytes)
+        .map_err(|e| FailureReason::ClaimCheck(format!("payload of ticket {} does not decode: {e}", ticket.id)))
+}
+
 impl<T> Drop for Consumer<T> {
     fn drop(&mut self) {
         // The queue stops sending to this consumer; deliveries still
         // buffered were never seen by a handler and go back as they were.
         self.close();
+        if let Some(mut d) = self.stash.take() {
+            d.settler.send(Settle::Release);
+        }
         while let Ok(mut d) = self.rx.try_recv() {
             d.settler.send(Settle::Release);
         }
@@ -410,6 +716,25 @@ pub struct Delivery<T> {
     settler: Settler,
 }
 
+/// A delivery as the queue sent it: ready, or waiting for its claim.
+enum Opened<T> {
+    Ready(Delivery<T>),
+    Ticket(Delivery<Body<T>>, Ticket),
+}
+
+impl<T> Delivery<Body<T>> {
+    fn open(self) -> Opened<T> {
+        let Delivery { envelope, settler } = self;
+        let (meta, body) = envelope.split();
+        match body {
+            Body::Inline(t) => Opened::Ready(Delivery { envelope: meta.with_payload(t), settler }),
+            Body::Claimed(ticket) => {
+                Opened::Ticket(Delivery { envelope: meta.with_payload(Body::Claimed(ticket)), settler }, ticket)
+            }
+        }
+    }
+}
+
 impl<T> Delivery<T> {
     pub(crate) fn new(envelope: Envelope<T>, receipt: u64, tx: mpsc::UnboundedSender<Settle>) -> Self {
         Delivery { envelope, settler: Settler { receipt, tx, done: false } }
@@ -418,6 +743,11 @@ impl<T> Delivery<T> {
     pub(crate) fn disarm(mut self) -> Envelope<T> {
         self.settler.disarm();
         self.envelope
+    }
+
+    fn with_payload<U>(self, payload: U) -> Delivery<U> {
+        let Delivery { envelope, settler } = self;
+        Delivery { envelope: envelope.map(|_| payload), settler }
     }
 
     /// The envelope (its `attempt` is this delivery's attempt).

@@ -66,11 +66,84 @@
 //! a consumer pool keeps per-key order across
 //! its workers. Messages without the header are delivered as in a plain queue.
 //!
+//! ## Claim check
+//!
+//! With [`QueueConfig::claim_check`] (on the bus: `claim_check(threshold)`),
+//! a payload whose encoded size is above the threshold is checked
+//! in to the [`ClaimCheck`](crate::claim_check::ClaimCheck) store when it is
+//! sent, and the queue holds only the ticket (about 100 bytes):
+//!
+//! - a [`Consumer`] claims the payload (verifying its SHA-256) before
+//!   [`recv`](Consumer::recv) returns the delivery, so handlers see `T`;
+//! - the ack releases the payload (the queue is its only holder);
+//! - a claim that fails (ticket expired, payload missing, digest mismatch)
+//!   dead-letters the message with reason `claim_check` and the consumer
+//!   skips it ([`QueueStats::claim_failures`]);
+//! - a message dead-lettered for any other reason keeps its ticket: the DLQ
+//!   entry's payload is `{"$claim_check": <ticket>}`
+//!   ([`TICKET_FIELD`](crate::claim_check::TICKET_FIELD)), never the bytes.
+//!   Purging the entry deletes the payload (when the DLQ has the store
+//!   [attached](crate::dlq::DlqHandle::attach_claim_check), as on a bus);
+//!   redriving it puts the ticket back on a queue that has a claim check,
+//!   without copying the payload;
+//! - tickets not claimed by their expiry are deleted by the store's sweep.
+//!
+//! [`QueueStats::ticketed`] and [`QueueStats::ticketed_bytes`] say how many
+//! messages the queue holds as tickets and how many payload bytes they keep
+//! out of it.
+//!
+//! ## Durability
+//!
+//! A queue started with [`Queue::start_durable`] (on the bus:
+//! `QueueBuilder::durable()`, which uses `queues.sqlite3` in the data
+//! directory, one file for every durable queue of the bus) keeps its
+//! messages in a [`QueueStore`]:
+//!
+//! - **Send.** [`send`](QueueHandle::send) resolves once the message is
+//!   committed: on SQLite, in WAL mode with `synchronous = FULL`, it then
+//!   survives a kill -9 or a power cut. Sends that arrive while a commit is
+//!   running are written together in the next transaction (group commit: one
+//!   fsync for all of them), on a blocking thread, never on the arbiter. A
+//!   message is delivered only once committed.
+//! - **Ack and dead letters.** An ack deletes the message's row; a dead
+//!   letter deletes it once the DLQ has stored the entry, so a message is
+//!   always in one of the two. Deletes are written lazily, with the next
+//!   commit or at the next tick: one lost in a crash means one more
+//!   delivery, which at-least-once allows. [`QueueHandle::flush`] waits until everything done
+//!   so far is written (before a planned stop).
+//! - **Attempts.** The delivery count is recorded when a delivery is handed
+//!   to a consumer (its prefetch buffer included: a crash cannot tell whether
+//!   a handler saw it), in a commit started at once, without delaying the
+//!   delivery.
+//!   At start, a message comes back with `attempt = deliveries + 1`, and one
+//!   already delivered `max_deliveries` times (a poison message that crashed
+//!   the process each time, say) is dead-lettered with reason
+//!   `max_deliveries` instead of being delivered again. A crash may lose the
+//!   count of deliveries made in the last few milliseconds.
+//! - **Restart.** Starting the queue again under the same name loads its
+//!   rows (a blocking read on the starting thread) in enqueue order; priority
+//!   mode then orders them by level. Priority, deadline, headers (so the
+//!   partition key), correlation and claim-check tickets round-trip; delayed
+//!   retries are delivered at once. Rows found beyond the capacity are kept
+//!   (the queue takes new sends once it is back under it).
+//! - **Storage.** [`QueueStore`] is a small blocking trait (`load`, `commit`
+//!   of a [`QueueBatch`] of inserts, delivery counts and deletes), with
+//!   [`SqliteQueueStore`] and [`MemoryQueueStore`] (survives a queue restart,
+//!   not the process); another backend implements the same three methods.
+//! - **Encoding.** Stored and checked-in payloads are postcard when the
+//!   type round-trips through it, JSON otherwise (`serde_json::Value`,
+//!   `skip_serializing_if`, `flatten`, untagged enums); the queue's first
+//!   message decides by trying, and a tag byte on every payload lets either
+//!   be read back. A payload that does not decode (a type whose serde form
+//!   depends on the value in a way the first message did not show, or that
+//!   changed between releases) is dead-lettered with its bytes, not lost.
+//!
 //! ## Metrics
 //!
 //! Per queue (`name` label): depth and in-flight gauges; enqueued,
 //! delivered, acked, nacked, redelivered, visibility timeouts, expired,
-//! dead-lettered (by reason), dropped, rejected and stale-settle counters;
+//! dead-lettered (by reason), dropped, rejected, stale-settle, claim-checked,
+//! claim-failure and (durable) store-error counters;
 //! time-in-queue and handler-latency histograms (sampled: at most a few
 //! hundred samples per tick, so a queue at millions of messages a second
 //! does not spend its time on them; every counter is exact).
@@ -96,9 +169,13 @@
 mod actor;
 mod handle;
 mod ready;
+mod store;
 
 pub use actor::Queue;
 pub use handle::{Consumer, Delivery, QueueHandle, QueueStats, Settler};
+pub use store::{
+    MemoryQueueStore, QueueBatch, QueueStore, SqliteQueueStore, StoredBody, StoredMessage, QUEUE_MIGRATIONS,
+};
 
 use std::time::Duration;
 
@@ -106,6 +183,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backpressure::OverflowPolicy;
+use crate::claim_check::{ClaimCheck, ClaimError};
+use crate::store::StoreError;
 
 /// What a queue can carry: cloned for each delivery (the queue keeps its copy
 /// until the ack, to redeliver), serialized for the DLQ, deserialized on
@@ -194,6 +273,23 @@ pub struct QueueConfig {
     /// Granularity of the queue's timers (visibility, delays, expiry).
     /// Default 10 ms.
     pub tick: Duration,
+    /// Payloads above a size travel as claim-check tickets. Default none.
+    pub claim_check: Option<QueueClaimCheck>,
+}
+
+/// A queue's claim check: payloads whose encoded size is above
+/// `threshold_bytes` are checked in to `claims` on send; the queue holds the
+/// ticket and consumers claim the payload before handing it out.
+#[derive(Clone, Debug)]
+pub struct QueueClaimCheck {
+    /// Where payloads go.
+    pub claims: ClaimCheck,
+    /// Payloads larger than this (encoded) travel as tickets.
+    pub threshold_bytes: usize,
+    /// Tickets expire after this (default: the store's time to live). A
+    /// message still queued at its ticket's expiry is dead-lettered with
+    /// reason `claim_check` when it comes up.
+    pub ttl: Option<Duration>,
 }
 
 impl Default for QueueConfig {
@@ -209,6 +305,7 @@ impl Default for QueueConfig {
             aging: None,
             partition_header: None,
             tick: Duration::from_millis(10),
+            claim_check: None,
         }
     }
 }
@@ -217,6 +314,21 @@ impl QueueConfig {
     /// The defaults with this name.
     pub fn named(name: impl Into<String>) -> Self {
         QueueConfig { name: name.into(), ..QueueConfig::default() }
+    }
+
+    /// Turns the claim check on: payloads whose encoded size is above
+    /// `threshold_bytes` go to `claims` and the queue holds a ticket.
+    pub fn with_claim_check(mut self, claims: ClaimCheck, threshold_bytes: usize) -> Self {
+        self.claim_check = Some(QueueClaimCheck { claims, threshold_bytes, ttl: None });
+        self
+    }
+
+    /// Tickets of this queue expire after `ttl` (with a claim check).
+    pub fn with_claim_ttl(mut self, ttl: Duration) -> Self {
+        if let Some(c) = self.claim_check.as_mut() {
+            c.ttl = Some(ttl);
+        }
+        self
     }
 
     /// Checks the settings.
@@ -253,4 +365,13 @@ pub enum QueueError {
     /// A setting is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// The payload could not be encoded (claim check, durable queue).
+    #[error("payload encoding: {0}")]
+    Codec(String),
+    /// The claim-check store refused the payload; nothing was enqueued.
+    #[error(transparent)]
+    ClaimCheck(#[from] ClaimError),
+    /// A durable queue could not commit the message; nothing was enqueued.
+    #[error("queue storage: {0}")]
+    Storage(#[from] StoreError),
 }

@@ -11,6 +11,8 @@ use crate::envelope::{Envelope, MessageId};
 pub(crate) struct Entry<T> {
     pub(crate) env: Envelope<T>,
     pub(crate) enqueued_us: u64,
+    /// Its row in a durable queue's store (enqueue order); 0 when not stored.
+    pub(crate) seq: u64,
 }
 
 /// Partition key of a message.
@@ -241,7 +243,7 @@ mod tests {
     use crate::envelope::Priority;
 
     fn entry(p: u8, t: u64) -> Entry<u64> {
-        Entry { env: Envelope::new(t).with_priority(Priority::new(p).unwrap()), enqueued_us: t }
+        Entry { env: Envelope::new(t).with_priority(Priority::new(p).unwrap()), enqueued_us: t, seq: 0 }
     }
 
     fn drain(r: &mut Ready<u64>, now: u64) -> Vec<u64> {
@@ -278,7 +280,7 @@ mod tests {
     #[test]
     fn partitions_deliver_one_at_a_time_per_key() {
         let mut r = Ready::new(false, None, Some("k".into()));
-        let keyed = |k: &str, t: u64| Entry { env: Envelope::new(t).with_header("k", k), enqueued_us: t };
+        let keyed = |k: &str, t: u64| Entry { env: Envelope::new(t).with_header("k", k), enqueued_us: t, seq: 0 };
         r.push_back(keyed("a", 1));
         r.push_back(keyed("a", 2));
         r.push_back(keyed("b", 3));
