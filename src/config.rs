@@ -14,7 +14,7 @@
 //! visibility_timeout_ms = 30000    # default 30 s
 //! priority = false                 # true: deliver by priority 9..0
 //! claim_check_threshold_bytes = 65536  # larger payloads travel as claim-check tickets
-//! durable = true                      # queues.sqlite3; false: in memory
+//! durable = true                   # default: queues.sqlite3; false: in memory
 //!
 //! [[topics]]                       # served at /v1/topics/{name}
 //! name = "orders.created"
