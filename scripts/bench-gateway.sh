@@ -7,6 +7,7 @@
 #
 #   scripts/bench-gateway.sh        # 3 alternating rounds of 10 s per side, 64 connections, 2 workers
 #   ROUNDS=5 DURATION=30s CONNECTIONS=128 WORKERS=4 scripts/bench-gateway.sh
+#   DURABLE=true scripts/bench-gateway.sh   # the queue in queues.sqlite3: each 202 waits for its commit
 #
 # The queue holds up to 5,000,000 messages under `drop_oldest`, so it never
 # refuses an enqueue (were it to fill, the oldest messages are dropped and
@@ -19,6 +20,7 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-2}
+DURABLE=${DURABLE:-false}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -52,6 +54,7 @@ http_workers = $WORKERS
 name = "bench"
 capacity = 5000000
 overflow = "drop_oldest"
+durable = $DURABLE
 TOML
 
 cat > "$WORK/post.lua" <<'LUA'
@@ -112,4 +115,5 @@ ENQUEUED=$(curl -s "http://127.0.0.1:$GW_PORT/metrics" | awk '/^actorbus_queue_e
 echo
 printf 'baseline (actix-web, 202 only): %12.0f req/s (median of %d)\n' "$(median "${BASES[@]}")" "$ROUNDS"
 printf 'actorbus enqueue:               %12.0f req/s (median; %s messages enqueued in all)\n' "$(median "${GWS[@]}")" "$ENQUEUED"
+echo "queue durable: $DURABLE"
 printf 'ratio: %.2f x, median of the rounds (target >= 0.5 x)\n' "$(median "${RATIOS[@]}")"
