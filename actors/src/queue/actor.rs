@@ -338,7 +338,7 @@ fn load<T: QueueMessage>(
         .map(|row| {
             let StoredMessage { seq, delivered, envelope, body } = row;
             let body = match body {
-                StoredBody::Ticket(ticket) => Body::Claimed(ticket),
+                StoredBody::Ticket(ticket) => Body::Claimed(Box::new(ticket)),
                 StoredBody::Inline(bytes) => match codec.decode(&bytes) {
                     Ok(payload) => Body::Inline(payload),
                     Err(e) => {
@@ -377,7 +377,7 @@ where
             let mut meta = letter.envelope;
             meta["payload"] = serde_json::Value::Null;
             let meta: Envelope<()> = serde_json::from_value(meta).map_err(undecodable)?;
-            meta.with_payload(Body::Claimed(ticket))
+            meta.with_payload(Body::Claimed(Box::new(ticket)))
         }
         None => serde_json::from_value::<Envelope<T>>(letter.envelope).map_err(undecodable)?.map(Body::Inline),
     };
@@ -444,7 +444,7 @@ where
     fn release_ticket(&self, body: &Body<T>) {
         self.count_ticket(body, false);
         if let (Body::Claimed(ticket), Some(claims)) = (body, &self.claims) {
-            claims.release_detached(*ticket, 1);
+            claims.release_detached(**ticket, 1);
         }
     }
 
@@ -457,7 +457,7 @@ where
         }
         self.count_ticket(body, false);
         if let Body::Claimed(ticket) = body {
-            self.release_after_commit.push(*ticket);
+            self.release_after_commit.push(**ticket);
         }
         self.note(seq, RowOp::Delete, ctx);
     }

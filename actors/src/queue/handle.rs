@@ -22,7 +22,9 @@ use crate::request_reply::inherit_context;
 #[derive(Clone, Debug)]
 pub(crate) enum Body<T> {
     Inline(T),
-    Claimed(Ticket),
+    /// Boxed: a ticket is larger than most payloads, and every queued
+    /// message would otherwise carry its size.
+    Claimed(Box<Ticket>),
 }
 
 impl<T> Body<T> {
@@ -370,7 +372,14 @@ impl<T: Send + 'static> QueueHandle<T> {
                 },
             }
         };
-        let (env, stored) = self.prepare(envelope).await?;
+        // Boxed, and only when there is work: the check-in's state would
+        // otherwise be part of every send future, moved on every call.
+        let plain = self.typed.claim.is_none() && !self.typed.durable;
+        let (env, stored) = if plain && matches!(envelope.payload, Body::Inline(_)) {
+            (envelope, None)
+        } else {
+            Box::pin(self.prepare(envelope)).await?
+        };
         let ticket = env.payload.ticket().copied();
         let (stored, committed) = match stored {
             Some(body) => {
@@ -408,10 +417,9 @@ impl<T: Send + 'static> QueueHandle<T> {
                         self.shared.name
                     )));
                 }
-                let stored = typed.durable.then_some(StoredBody::Ticket(*ticket));
+                let stored = typed.durable.then_some(StoredBody::Ticket(**ticket));
                 return Ok((env, stored));
             }
-            Body::Inline(_) if typed.claim.is_none() && !typed.durable => return Ok((env, None)),
             Body::Inline(payload) => payload,
         };
         let bytes = typed.codec.encode(payload).map_err(QueueError::Codec)?;
@@ -419,7 +427,7 @@ impl<T: Send + 'static> QueueHandle<T> {
             let ticket = claim.claims.check_in_shared(bytes, 1, claim.ttl).await?;
             claim.checked.increment(1);
             self.shared.stats.claim_checked.fetch_add(1, Ordering::Relaxed);
-            env.payload = Body::Claimed(ticket);
+            env.payload = Body::Claimed(Box::new(ticket));
             return Ok((env, typed.durable.then_some(StoredBody::Ticket(ticket))));
         }
         Ok((env, typed.durable.then_some(StoredBody::Inline(bytes))))
@@ -729,7 +737,8 @@ impl<T> Delivery<Body<T>> {
         match body {
             Body::Inline(t) => Opened::Ready(Delivery { envelope: meta.with_payload(t), settler }),
             Body::Claimed(ticket) => {
-                Opened::Ticket(Delivery { envelope: meta.with_payload(Body::Claimed(ticket)), settler }, ticket)
+                let copy = *ticket;
+                Opened::Ticket(Delivery { envelope: meta.with_payload(Body::Claimed(ticket)), settler }, copy)
             }
         }
     }
