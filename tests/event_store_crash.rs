@@ -6,46 +6,17 @@
 //! variables), reads what it acknowledges on stdout, kills it with SIGKILL
 //! (`Child::kill` on Unix) and then inspects the store it left behind.
 
+#[path = "common/crash.rs"]
+mod crash;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use actix::Actor;
 use actorbus::actors::event_store::*;
 use actorbus::actors::store::DataDir;
 use serde_json::json;
-
-const DIR_VAR: &str = "ACTORBUS_CRASH_DIR";
-
-/// Starts this binary running only `test` (an ignored child function).
-fn spawn_child(test: &str, dir: &Path) -> Child {
-    let exe = std::env::current_exe().expect("current exe");
-    Command::new(exe)
-        .args(["--exact", test, "--ignored", "--nocapture", "--test-threads", "1"])
-        .env(DIR_VAR, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child")
-}
-
-/// Forwards the child's stdout lines to a channel (until EOF).
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
 
 // ---------------------------------------------------------------------------
 // Appends
@@ -59,7 +30,7 @@ const WRITERS: u64 = 24;
 #[test]
 #[ignore = "child process of appends_acknowledged_before_a_kill_9_survive_it"]
 fn child_append_writer() {
-    let Some(dir) = std::env::var_os(DIR_VAR) else {
+    let Some(dir) = crash::child_dir() else {
         return;
     };
     actix_rt::System::new().block_on(async move {
@@ -116,8 +87,8 @@ fn parse_ack(line: &str) -> Option<Ack> {
 /// Runs the writer child, kills it after `min_acks` acks plus a random
 /// delay, and returns every ack it printed.
 fn run_and_kill(dir: &Path, min_acks: usize) -> Vec<Ack> {
-    let mut child = spawn_child("child_append_writer", dir);
-    let lines = lines_of(&mut child);
+    let mut child = crash::spawn_child("child_append_writer", dir);
+    let lines = crash::lines_of(&mut child);
     let mut acks = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while acks.len() < min_acks {
@@ -254,7 +225,7 @@ fn totals_config() -> ProjectionConfig {
 #[test]
 #[ignore = "child process of a_projection_killed_after_a_checkpoint_resumes_to_a_full_rebuild"]
 fn child_projection() {
-    let Some(dir) = std::env::var_os(DIR_VAR) else {
+    let Some(dir) = crash::child_dir() else {
         return;
     };
     actix_rt::System::new().block_on(async move {
@@ -282,8 +253,8 @@ fn a_projection_killed_after_a_checkpoint_resumes_to_a_full_rebuild() {
         }
     });
 
-    let mut child = spawn_child("child_projection", dir.path());
-    let lines = lines_of(&mut child);
+    let mut child = crash::spawn_child("child_projection", dir.path());
+    let lines = crash::lines_of(&mut child);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let line =

@@ -10,17 +10,16 @@
 //! after each round reads the queue's file: every acknowledged send not
 //! acked since is there, exactly once.
 
+#[path = "common/crash.rs"]
+mod crash;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use actorbus::actors::queue::{QueueStore, SqliteQueueStore, StoredBody};
 use actorbus::Bus;
 
-const DIR_VAR: &str = "ACTORBUS_QUEUE_CRASH_DIR";
 const QUEUE: &str = "crash";
 const SENDERS: u64 = 64;
 const ROUNDS: usize = 3;
@@ -31,7 +30,7 @@ const MIN_SENT: usize = 300;
 #[test]
 #[ignore = "child process of acknowledged_sends_survive_kill_9"]
 fn child_durable_queue() {
-    let Some(dir) = std::env::var_os(DIR_VAR) else {
+    let Some(dir) = crash::child_dir() else {
         return;
     };
     actix_rt::System::new().block_on(async move {
@@ -72,31 +71,6 @@ fn child_durable_queue() {
     });
 }
 
-fn spawn_child(dir: &Path) -> Child {
-    let exe = std::env::current_exe().expect("current exe");
-    Command::new(exe)
-        .args(["--exact", "child_durable_queue", "--ignored", "--nocapture", "--test-threads", "1"])
-        .env(DIR_VAR, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child")
-}
-
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 #[derive(Default)]
 struct Round {
     sent: Vec<String>,
@@ -119,8 +93,8 @@ impl Round {
 /// Runs the child until it acknowledged `MIN_SENT` sends, plus a random
 /// delay, then SIGKILLs it; returns what it printed.
 fn run_and_kill(dir: &Path) -> Round {
-    let mut child = spawn_child(dir);
-    let lines = lines_of(&mut child);
+    let mut child = crash::spawn_child("child_durable_queue", dir);
+    let lines = crash::lines_of(&mut child);
     let mut round = Round::default();
     let deadline = Instant::now() + Duration::from_secs(60);
     while round.sent.len() < MIN_SENT {

@@ -8,10 +8,12 @@
 //! The children are this test binary re-executed, running one of the
 //! `#[ignore]`d `child_*` functions (as in `event_store_crash.rs`).
 
+#[path = "common/crash.rs"]
+mod crash;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,6 @@ use actorbus::Bus;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-const DIR_VAR: &str = "ACTORBUS_SAGA_CRASH_DIR";
 const SAGAS: u32 = 1000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -125,7 +126,7 @@ fn order_saga(service: &Service) -> SagaDefinition<Order> {
 #[test]
 #[ignore = "child process of sagas_killed_mid_flight_all_end_with_each_effect_applied_once"]
 fn child_run_sagas() {
-    let Some(dir) = std::env::var_os(DIR_VAR) else { return };
+    let Some(dir) = crash::child_dir() else { return };
     let dir = Path::new(&dir).to_owned();
     println!(); // ends the harness's `test … ` line, so ours start clean
     actix_rt::System::new().block_on(async move {
@@ -151,7 +152,7 @@ fn child_run_sagas() {
 #[test]
 #[ignore = "child process of sagas_killed_mid_flight_all_end_with_each_effect_applied_once"]
 fn child_recover_sagas() {
-    let Some(dir) = std::env::var_os(DIR_VAR) else { return };
+    let Some(dir) = crash::child_dir() else { return };
     let dir = Path::new(&dir).to_owned();
     println!(); // ends the harness's `test … ` line, so ours start clean
     actix_rt::System::new().block_on(async move {
@@ -193,16 +194,6 @@ fn child_recover_sagas() {
     });
 }
 
-fn child(test: &str, dir: &Path) -> std::process::Child {
-    Command::new(std::env::current_exe().expect("current exe"))
-        .args(["--exact", test, "--ignored", "--nocapture", "--test-threads", "1"])
-        .env(DIR_VAR, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child")
-}
-
 #[test]
 fn sagas_killed_mid_flight_all_end_with_each_effect_applied_once() {
     for round in 0..3 {
@@ -210,7 +201,7 @@ fn sagas_killed_mid_flight_all_end_with_each_effect_applied_once() {
 
         // Run, and kill after a random number of sagas have ended.
         let kill_after = rand::random_range(1..(SAGAS as usize * 3 / 4));
-        let mut run = child("child_run_sagas", dir.path());
+        let mut run = crash::spawn_child("child_run_sagas", dir.path());
         let out = BufReader::new(run.stdout.take().expect("stdout"));
         let mut ended = 0;
         for line in out.lines() {
@@ -225,7 +216,7 @@ fn sagas_killed_mid_flight_all_end_with_each_effect_applied_once() {
         assert!(!run.wait().expect("wait").success());
 
         // Recover and report.
-        let recover = child("child_recover_sagas", dir.path()).wait_with_output().expect("recover child");
+        let recover = crash::spawn_child("child_recover_sagas", dir.path()).wait_with_output().expect("recover child");
         let out = String::from_utf8(recover.stdout).expect("utf-8");
         assert!(recover.status.success(), "round {round}: recovery failed:\n{out}");
         let mut outcomes: BTreeMap<u32, Vec<String>> = BTreeMap::new();
