@@ -17,7 +17,7 @@ use crate::claim_check::{ticket_in, ClaimCheck, Ticket};
 use crate::dead_letter::{DeadLetterHook, HookFuture, Undeliverable};
 use crate::envelope::MessageId;
 use crate::metrics as m;
-use crate::store::{DataDir, StoreError};
+use crate::store::{DataDir, GroupCommit, StoreError};
 
 /// Settings of a [`DlqSink`].
 #[derive(Clone, Debug)]
@@ -196,21 +196,23 @@ impl Actor for DlqSink {
     type Context = Context<Self>;
 }
 
+impl GroupCommit for DlqSink {
+    fn write_scheduled(&mut self) -> &mut bool {
+        &mut self.flush_scheduled
+    }
+
+    fn write_batch(&mut self, ctx: &mut Context<Self>) {
+        self.flush(ctx);
+    }
+}
+
 impl Handler<Store> for DlqSink {
     type Result = ResponseFuture<Result<(), DlqError>>;
 
     fn handle(&mut self, Store(letter): Store, ctx: &mut Context<Self>) -> Self::Result {
         let (reply, answer) = oneshot::channel();
         self.queue.push_back((letter, reply));
-        // Write after the mailbox is drained, so that everything already
-        // waiting joins one transaction (see the event store's group commit).
-        if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| {
-                act.flush_scheduled = false;
-                act.flush(ctx);
-            }));
-        }
+        self.write_soon(ctx);
         Box::pin(async move {
             answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the DLQ sink stopped".into()).into()))
         })

@@ -16,7 +16,7 @@ use crate::envelope::Timestamp;
 use crate::metrics as m;
 use crate::store::{
     AppendError, AppendOutcome, AppendRequest, AppendResult, Checkpoint, DataDir, Direction, EventLog, EventReader,
-    ExpectedVersion, MemoryEventLog, NewEvent, RecordedEvent, Snapshot, SqliteEventLog, StoreError,
+    ExpectedVersion, GroupCommit, MemoryEventLog, NewEvent, RecordedEvent, Snapshot, SqliteEventLog, StoreError,
 };
 
 /// Settings of an event store.
@@ -321,6 +321,16 @@ fn send_live(subs: &mut Vec<mpsc::Sender<Arc<[RecordedEvent]>>>, batch: &Arc<[Re
     full
 }
 
+impl GroupCommit for EventStore {
+    fn write_scheduled(&mut self) -> &mut bool {
+        &mut self.flush_scheduled
+    }
+
+    fn write_batch(&mut self, ctx: &mut Context<Self>) {
+        self.flush(ctx);
+    }
+}
+
 impl Actor for EventStore {
     type Context = Context<Self>;
 
@@ -337,17 +347,7 @@ impl Handler<Append> for EventStore {
     fn handle(&mut self, Append(request): Append, ctx: &mut Context<Self>) -> Self::Result {
         let (reply, answer) = oneshot::channel();
         self.queue.push_back((request, Pending { reply, received: Instant::now() }));
-        // Flush after the mailbox is drained, not now: actix polls a
-        // context's mailbox before its spawned futures, so every append that
-        // is already waiting joins this batch instead of the first one
-        // going alone.
-        if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| {
-                act.flush_scheduled = false;
-                act.flush(ctx);
-            }));
-        }
+        self.write_soon(ctx);
         Box::pin(async move {
             answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the event store stopped".into()).into()))
         })

@@ -21,7 +21,7 @@ use crate::dlq::{DeadLetter, DlqHandle, DlqSource, FailureRecord, RedriveFuture}
 use crate::envelope::{Envelope, MessageId, Timestamp};
 use crate::error::FailureReason;
 use crate::metrics as m;
-use crate::store::StoreError;
+use crate::store::{GroupCommit, StoreError};
 
 /// Histogram samples a queue records per tick, at most (counters are exact).
 const SAMPLES_PER_TICK: u32 = 256;
@@ -558,16 +558,10 @@ where
     }
 
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flush_scheduled || self.writing {
-            return;
+        // A write in progress writes what piled up when it completes.
+        if !self.writing {
+            self.write_soon(ctx);
         }
-        self.flush_scheduled = true;
-        // Write once the mailbox is drained, so that the sends and acks
-        // already waiting share one transaction (group commit).
-        ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| {
-            act.flush_scheduled = false;
-            act.flush(ctx);
-        }));
     }
 
     /// Writes what is pending in one transaction, unless a write is in
@@ -1014,6 +1008,16 @@ where
             }
             Settle::Close(_) | Settle::Flush(_) => {}
         }
+    }
+}
+
+impl<T: QueueMessage> GroupCommit for Queue<T> {
+    fn write_scheduled(&mut self) -> &mut bool {
+        &mut self.flush_scheduled
+    }
+
+    fn write_batch(&mut self, ctx: &mut Context<Self>) {
+        self.flush(ctx);
     }
 }
 

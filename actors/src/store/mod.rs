@@ -56,6 +56,7 @@
 pub mod data_dir;
 mod error;
 pub mod event_log;
+mod group_commit;
 pub mod kv;
 pub mod memory;
 pub mod migrate;
@@ -67,6 +68,7 @@ pub use event_log::{
     AppendError, AppendOutcome, AppendRequest, AppendResult, Checkpoint, Direction, EventLog, EventMetadata,
     EventReader, EventWriter, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, ALL_STREAM,
 };
+pub(crate) use group_commit::GroupCommit;
 pub use kv::{KeyValueStore, MemoryKv, SqliteKv};
 pub use memory::MemoryEventLog;
 pub use migrate::Migration;
