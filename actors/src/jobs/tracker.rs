@@ -229,6 +229,27 @@ struct Job {
     history: Vec<FailureRecord>,
 }
 
+impl Job {
+    /// A new job of `kind`, pending since `now`, first attempt.
+    fn pending(kind: Arc<str>, input: Value, now: Timestamp) -> Self {
+        Job {
+            kind,
+            status: JobStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            error: None,
+            result: None,
+            input: Some(input),
+            shared: Arc::default(),
+            idempotency_key: None,
+            started: None,
+            message: None,
+            attempts: 1,
+            history: Vec::new(),
+        }
+    }
+}
+
 struct Kind {
     name: Arc<str>,
     workers: Vec<Arc<ServiceRef<RunJob>>>,
@@ -769,21 +790,7 @@ impl JobTracker {
         self.sweep();
         let id = JobId::new();
         let now = Timestamp::now();
-        let job = Job {
-            kind: name.clone(),
-            status: JobStatus::Pending,
-            created_at: now,
-            updated_at: now,
-            error: None,
-            result: None,
-            input: Some(msg.input),
-            shared: Arc::default(),
-            idempotency_key: msg.idempotency_key.clone(),
-            started: None,
-            message: None,
-            attempts: 1,
-            history: Vec::new(),
-        };
+        let job = Job { idempotency_key: msg.idempotency_key.clone(), ..Job::pending(name.clone(), msg.input, now) };
         if let Some(key) = msg.idempotency_key {
             self.keys.insert((name.clone(), key), id);
         }
@@ -915,21 +922,8 @@ impl Handler<Resubmit> for JobTracker {
             None => {
                 // Forgotten after its retention (or a restart: jobs live in
                 // memory, the DLQ on disk): the job comes back under its id.
-                let job = Job {
-                    kind: name.clone(),
-                    status: JobStatus::Pending,
-                    created_at: now,
-                    updated_at: now,
-                    error: None,
-                    result: None,
-                    input: Some(message.input),
-                    shared: Arc::default(),
-                    idempotency_key: None,
-                    started: None,
-                    message: None,
-                    attempts: history.iter().map(|h| h.attempt).max().unwrap_or(1) + 1,
-                    history,
-                };
+                let attempts = history.iter().map(|h| h.attempt).max().unwrap_or(1) + 1;
+                let job = Job { attempts, history, ..Job::pending(name.clone(), message.input, now) };
                 self.jobs.insert(id, job);
                 self.count(None, Some(JobStatus::Pending));
             }
