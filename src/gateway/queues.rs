@@ -178,15 +178,27 @@ async fn enqueue(
     let queue = queue_of(&state, &queue)?;
     let envelope = message_in(&body)?;
     let id = if queue.overflow() == OverflowPolicy::Block {
-        // `send_envelope` is cancel-safe: giving up on a `block` queue leaves
-        // it as it was, and the client hears that nothing was stored.
+        // `send_envelope` is cancel-safe while it waits for room: giving up
+        // leaves the queue as it was. On a durable queue the wait can also
+        // end during the commit, after the message was handed over; then it
+        // may be stored, and a client that retries the 503 may store it
+        // twice (at-least-once, as the 503's message says).
         match tokio::time::timeout(BLOCK_WAIT, queue.send_envelope(envelope)).await {
             Ok(sent) => sent.map_err(queue_error)?,
             Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "queue_full",
-                    format!("queue `{}` stayed full for {} ms", queue.name(), BLOCK_WAIT.as_millis()),
+                    format!(
+                        "queue `{}` did not take the message within {} ms: {}",
+                        queue.name(),
+                        BLOCK_WAIT.as_millis(),
+                        if queue.is_durable() {
+                            "full, or its commit was slow (it may be stored: a retry may store it twice)"
+                        } else {
+                            "full (nothing was stored)"
+                        }
+                    ),
                 ))
             }
         }
