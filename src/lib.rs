@@ -66,14 +66,14 @@ mod topic;
 pub use actorbus_actors::backpressure::OverflowPolicy;
 pub use actorbus_actors::envelope::{Envelope, Headers, MessageId, Priority, Timestamp};
 pub use actorbus_actors::error::{FailureReason, HandlerError};
-pub use actorbus_actors::request_reply::{service_fn, Request, RequestContext, RequestError, Service};
+pub use actorbus_actors::request_reply::{service_fn, Reply, Request, RequestContext, RequestError, Service};
 pub use actorbus_actors::supervision::{Backoff, Exit, Intensity, Restart, Strategy, SupervisionEvent, SupervisorSpec};
 pub use bus::{
     Bus, BusBuilder, BusError, ServiceBuilder, ServiceHandle, ShutdownReport, SupervisorBuilder, SupervisorHandle,
 };
 pub use jobs::{JobKindBuilder, Jobs};
 pub use queue::QueueBuilder;
-pub use request::{Reply, RequestBuilder};
+pub use request::RequestBuilder;
 pub use saga::SagasBuilder;
 pub use scatter::Scatter;
 pub use topic::SubscribeBuilder;

@@ -1,12 +1,11 @@
 //! The request builder returned by [`Bus::request`](crate::Bus::request).
 
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actorbus_actors::envelope::{Envelope, Priority, Timestamp};
-use actorbus_actors::request_reply::{self, inherit_context, Request, RequestError, ServiceRef};
+use actorbus_actors::request_reply::{inherit_context, Reply, Request, RequestError, ServiceRef};
 
 /// A request being prepared. Set options, then `.await` it.
 ///
@@ -73,31 +72,8 @@ impl<R: Request> IntoFuture for RequestBuilder<R> {
         let own_deadline = envelope.created_at.after(timeout);
         envelope.deadline = Some(envelope.deadline.map_or(own_deadline, |d| d.min(own_deadline)));
         match target {
-            Ok(service) => Reply::Sent(service.ask(envelope, timeout)),
-            Err(e) => Reply::Refused(Some(e)),
-        }
-    }
-}
-
-/// The future of an awaited [`RequestBuilder`]: the reply, or why there is
-/// none.
-#[must_use = "a reply does nothing unless awaited"]
-pub enum Reply<R: Request> {
-    /// Sent to the service.
-    Sent(request_reply::Reply<R>),
-    /// Never sent (unknown service, wrong request type).
-    Refused(Option<RequestError>),
-}
-
-impl<R: Request> Future for Reply<R> {
-    type Output = Result<R::Response, RequestError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        match self.get_mut() {
-            Reply::Sent(reply) => Pin::new(reply).poll(cx),
-            Reply::Refused(e) => std::task::Poll::Ready(Err(e
-                .take()
-                .unwrap_or_else(|| RequestError::UnknownService("reply polled after it completed".into())))),
+            Ok(service) => service.ask(envelope, timeout),
+            Err(e) => Reply::ready(Err(e)),
         }
     }
 }

@@ -263,7 +263,7 @@ impl<R: Request> ServiceRef<R> {
     /// same-arbiter round trip is a few hundred nanoseconds, and an
     /// allocation per request was a visible part of it.
     pub fn ask(self: &Arc<Self>, envelope: Envelope<R>, timeout: Duration) -> Reply<R> {
-        let done = |r| Reply { state: ReplyState::Done(Some(r)) };
+        let done = Reply::ready;
         if self.closing.load(Ordering::Relaxed) {
             return done(Err(RequestError::ShuttingDown));
         }
@@ -342,6 +342,14 @@ enum ReplyState<R: Request> {
     Waiting { service: Arc<ServiceRef<R>>, budget: Duration, response: Within<oneshot::Receiver<Answer<R>>> },
     /// The inbox was full under `block`: the rare path, boxed.
     Blocked(Pin<Box<dyn Future<Output = Answer<R>> + Send>>),
+}
+
+impl<R: Request> Reply<R> {
+    /// A reply that is already there: for a request refused before it
+    /// could be sent (an unknown service, say).
+    pub fn ready(answer: Result<R::Response, RequestError>) -> Self {
+        Reply { state: ReplyState::Done(Some(answer)) }
+    }
 }
 
 // Nothing in a reply is pinned structurally: the answer is moved out by
