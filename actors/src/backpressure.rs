@@ -133,6 +133,17 @@ impl<T> BoundedBuffer<T> {
         }
     }
 
+    /// Adds `item` at the back when there is room, as
+    /// [`push`](Self::push) would, without handing it back.
+    ///
+    /// # Panics
+    /// In debug builds, when the buffer is full: check
+    /// [`is_full`](Self::is_full) first.
+    pub fn push_back(&mut self, item: T) {
+        debug_assert!(!self.is_full(), "push_back on a full buffer");
+        self.items.push_back(item);
+    }
+
     /// Takes the oldest item.
     pub fn pop(&mut self) -> Option<T> {
         self.items.pop_front()

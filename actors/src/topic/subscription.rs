@@ -280,6 +280,26 @@ impl<T> SubCore<T> {
         out
     }
 
+    /// Buffers `env` when there is room: the publish fast path, kept apart
+    /// from [`offer`](Self::offer) so that nothing but a pointer moves
+    /// (returning the item through `Offer` cost a stalled copy per
+    /// subscription). `None` when buffered, else what `offer` made of it.
+    #[inline]
+    pub(crate) fn offer_shared(&self, env: &Arc<Envelope<T>>) -> Option<Offer<T>> {
+        let mut st = self.lock();
+        if self.is_closed() || st.buf.is_full() {
+            drop(st);
+            return Some(self.offer(Item::Inline(env.clone())));
+        }
+        st.buf.push_back(Item::Inline(env.clone()));
+        let rx = st.rx.take();
+        drop(st);
+        if let Some(rx) = rx {
+            rx.wake();
+        }
+        None
+    }
+
     /// Offers `item`, waiting for room when the buffer is full under `block`.
     pub(crate) async fn offer_waiting(&self, item: Item<T>) -> Offer<T> {
         let mut slot = Some(item);
@@ -406,7 +426,7 @@ impl<T: Clone + Send + 'static> Subscription<T> {
                     Item::Inline(env) => {
                         self.received += 1;
                         // The last subscription to take it takes it whole.
-                        return Some(Arc::try_unwrap(env).unwrap_or_else(|shared| (*shared).clone()));
+                        return Some(Arc::unwrap_or_clone(env));
                     }
                     // Boxed: the claim's state would otherwise be part of
                     // every `next` future, moved on each call.

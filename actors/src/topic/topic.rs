@@ -160,6 +160,14 @@ pub struct PublishReceipt {
     pub claim_checked: bool,
 }
 
+impl PublishReceipt {
+    /// Spelled out rather than `..Default::default()`: a default id reads
+    /// the clock, once per publish for nothing.
+    fn new(id: MessageId, subscriptions: usize) -> Self {
+        PublishReceipt { id, subscriptions, delivered: 0, filtered: 0, dropped: 0, durable: 0, claim_checked: false }
+    }
+}
+
 /// Why a publish failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PublishError {
@@ -470,7 +478,7 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
         let sh = &self.shared;
         sh.metrics.published.increment(1);
         let routes = sh.routes();
-        let receipt = PublishReceipt { id: envelope.id, subscriptions: routes.subs.len(), ..PublishReceipt::default() };
+        let receipt = PublishReceipt::new(envelope.id, routes.subs.len());
         let mut tally = Tally { receipt, rejected: 0, stale: false };
         if envelope.is_expired() || !routes.durable.is_empty() || sh.config.claim.is_some() {
             return Box::pin(self.publish_slow(envelope, routes, tally)).await;
@@ -519,6 +527,7 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
     /// Offers `envelope` to `sub` without waiting and counts the outcome;
     /// gives back an offer that needs waiting (a full `block` buffer) or a
     /// dead letter to store, uncounted.
+    #[inline]
     fn offer_now(&self, sub: &SubCore<T>, envelope: &Arc<Envelope<T>>, tally: &mut Tally) -> Option<Offer<T>> {
         if !sub.is_live() {
             tally.stale = true;
@@ -528,7 +537,11 @@ impl<T: Clone + Send + Sync + 'static> TopicHandle<T> {
             tally.receipt.filtered += 1;
             return None;
         }
-        match sub.offer(Item::Inline(envelope.clone())) {
+        let Some(offer) = sub.offer_shared(envelope) else {
+            tally.receipt.delivered += 1;
+            return None;
+        };
+        match offer {
             offer @ (Offer::Full(_) | Offer::DeadLetter(_)) => Some(offer),
             offer => {
                 let none = self.account(sub, offer, tally);
