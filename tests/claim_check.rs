@@ -132,6 +132,10 @@ async fn a_large_payload_travels_as_a_ticket_and_is_freed_after_the_last_deliver
     // Subscribers see the bytes.
     assert_eq!(thumbnails.next().await.unwrap().payload, big);
     assert_eq!(claims.stats().await.unwrap().payloads, 1, "the other subscriber still holds a reference");
+    // A `next` dropped while its claim waits on the store loses nothing:
+    // the claim goes on at the next call.
+    assert!(futures::FutureExt::now_or_never(archive.next()).is_none(), "the claim waits on the store");
+    assert_eq!((archive.stats().buffered, archive.stats().buffered_tickets), (2, 1));
     assert_eq!(archive.next().await.unwrap().payload, big);
     assert_eq!(claims.stats().await.unwrap().payloads, 0, "freed by the last consumer");
     assert_eq!(thumbnails.next().await.unwrap().payload, [1, 2, 3]);

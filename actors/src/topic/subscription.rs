@@ -4,9 +4,11 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 
 use actix::prelude::*;
 use serde::de::DeserializeOwned;
@@ -391,7 +393,13 @@ pub struct Subscription<T> {
     local: VecDeque<Item<T>>,
     /// Only this end counts what it hands out: no shared write per message.
     received: u64,
+    /// A ticket being claimed. Kept here, not in the `next` future, so that
+    /// a dropped `next` loses nothing and the common inline path carries no
+    /// claim state.
+    claiming: Option<Claiming<T>>,
 }
+
+type Claiming<T> = Pin<Box<dyn Future<Output = Option<Envelope<T>>> + Send>>;
 
 impl<T> fmt::Debug for Subscription<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -401,7 +409,7 @@ impl<T> fmt::Debug for Subscription<T> {
 
 impl<T: Clone + Send + 'static> Subscription<T> {
     pub(crate) fn new(core: Arc<SubCore<T>>) -> Self {
-        Subscription { core, local: VecDeque::new(), received: 0 }
+        Subscription { core, local: VecDeque::new(), received: 0, claiming: None }
     }
 
     /// The subscription's id.
@@ -418,34 +426,43 @@ impl<T: Clone + Send + 'static> Subscription<T> {
     ///
     /// A message that travelled as a claim-check ticket is claimed here
     /// (verified and released); one that cannot be claimed is
-    /// dead-lettered, counted, and skipped.
+    /// dead-lettered, counted, and skipped. Cancel-safe: dropping the
+    /// future loses no message (a claim in progress goes on at the next
+    /// call).
     pub async fn next(&mut self) -> Option<Envelope<T>> {
+        poll_fn(|cx| self.poll_next_message(cx)).await
+    }
+
+    /// The next message, polled: what [`next`](Self::next) and the
+    /// `Stream` impl are made of.
+    pub fn poll_next_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<T>>> {
         loop {
-            if let Some(item) = self.local.pop_front() {
-                match item {
-                    Item::Inline(env) => {
+            if let Some(claim) = &mut self.claiming {
+                let claimed = ready!(claim.as_mut().poll(cx));
+                self.claiming = None;
+                match claimed {
+                    Some(env) => {
                         self.received += 1;
-                        // The last subscription to take it takes it whole.
-                        return Some(Arc::unwrap_or_clone(env));
+                        return Poll::Ready(Some(env));
                     }
-                    // Boxed: the claim's state would otherwise be part of
-                    // every `next` future, moved on each call.
-                    Item::Checked(env, src) => match Box::pin(resolve(*env, &src)).await {
-                        Some(env) => {
-                            self.received += 1;
-                            return Some(env);
-                        }
-                        None => {
-                            self.core.count_lost(1);
-                            continue;
-                        }
-                    },
+                    None => {
+                        self.core.count_lost(1);
+                        continue;
+                    }
                 }
             }
-            let core = self.core.clone();
-            let local = &mut self.local;
-            if !poll_fn(|cx| core.poll_take(local, cx)).await {
-                return None;
+            match self.local.pop_front() {
+                Some(Item::Inline(env)) => {
+                    self.received += 1;
+                    // The last subscription to take it takes it whole.
+                    return Poll::Ready(Some(Arc::unwrap_or_clone(env)));
+                }
+                Some(Item::Checked(env, src)) => self.claiming = Some(Box::pin(resolve(*env, src))),
+                None => {
+                    if !ready!(self.core.poll_take(&mut self.local, cx)) {
+                        return Poll::Ready(None);
+                    }
+                }
             }
         }
     }
@@ -454,32 +471,43 @@ impl<T: Clone + Send + 'static> Subscription<T> {
     pub fn stats(&self) -> SubscriptionStats {
         let (buffered, tickets) = self.core.buffered();
         let local_tickets = self.local.iter().filter(|i| matches!(i, Item::Checked(..))).count();
+        let claiming = usize::from(self.claiming.is_some());
         SubscriptionStats {
             received: self.received,
             lost: self.core.lost.load(Ordering::Relaxed),
-            buffered: buffered + self.local.len(),
-            buffered_tickets: tickets + local_tickets,
+            buffered: buffered + self.local.len() + claiming,
+            buffered_tickets: tickets + local_tickets + claiming,
         }
     }
 
     /// Unsubscribes (the same as dropping it).
     pub fn close(self) {}
 
-    /// The messages as a `futures::Stream`.
+    /// The messages as a `futures::Stream` (a subscription is one already;
+    /// this names the type away).
     pub fn into_stream(self) -> impl futures::Stream<Item = Envelope<T>> {
-        futures::stream::unfold(self, |mut sub| async move { sub.next().await.map(|env| (env, sub)) })
+        self
+    }
+}
+
+impl<T: Clone + Send + 'static> futures::Stream for Subscription<T> {
+    type Item = Envelope<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope<T>>> {
+        self.get_mut().poll_next_message(cx)
     }
 }
 
 impl<T> Drop for Subscription<T> {
     fn drop(&mut self) {
         self.core.close(CloseReason::Unsubscribed);
-        self.core.count_lost(self.local.len() as u64);
+        let claiming = u64::from(self.claiming.is_some());
+        self.core.count_lost(self.local.len() as u64 + claiming);
         self.local.drain(..).for_each(Item::release);
     }
 }
 
-async fn resolve<T>(env: Envelope<Ticket>, src: &CheckedSource<T>) -> Option<Envelope<T>> {
+async fn resolve<T>(env: Envelope<Ticket>, src: Arc<CheckedSource<T>>) -> Option<Envelope<T>> {
     let ticket = env.payload;
     let failure = match src.claims.claim(&ticket).await {
         Ok(bytes) => {
