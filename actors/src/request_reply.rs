@@ -231,6 +231,10 @@ pub enum RequestError {
 /// A request in a service's inbox: the envelope and where the reply goes.
 pub struct Ask<R: Request> {
     envelope: Envelope<R>,
+    /// When the requester stops waiting: the envelope's deadline or the
+    /// ask's timeout, whichever comes first, on the monotonic clock (cheaper
+    /// to compare at dequeue than the envelope's wall-clock deadline).
+    deadline: Instant,
     reply: oneshot::Sender<Result<R::Response, RequestError>>,
 }
 
@@ -279,7 +283,7 @@ impl<R: Request> ServiceRef<R> {
         let (reply, response) = oneshot::channel();
         // Try first: the inbox almost always has room, and only a full one
         // under `block` needs the (boxed, deadline-bounded) waiting send.
-        match self.tx.try_send(Ask { envelope, reply }) {
+        match self.tx.try_send(Ask { envelope, deadline, reply }) {
             Ok(()) => Reply {
                 state: ReplyState::Waiting {
                     service: self.clone(),
@@ -517,9 +521,9 @@ impl<S: Service> ServiceActor<S> {
         }));
     }
 
-    fn record_latency(&self, started: Option<Timestamp>) {
+    fn record_latency(&self, started: Option<Instant>) {
         if let Some(started) = started {
-            self.metrics.latency.record(started.until(Timestamp::now()));
+            self.metrics.latency.record(started.elapsed());
         }
     }
 
@@ -562,14 +566,11 @@ impl<S: Service> Actor for ServiceActor<S> {
 
 impl<S: Service> StreamHandler<Ask<S::Request>> for ServiceActor<S> {
     fn handle(&mut self, ask: Ask<S::Request>, ctx: &mut Context<Self>) {
-        let Ask { envelope, reply } = ask;
-        // A clock read costs about as much as the rest of a same-arbiter
-        // hop: read it only when a deadline needs checking or this request
-        // is a latency sample.
-        self.handled = self.handled.wrapping_add(1);
-        let sample = self.handled % LATENCY_SAMPLE_EVERY == 0;
-        let started = (sample || envelope.deadline.is_some()).then(Timestamp::now);
-        if started.is_some_and(|now| envelope.is_expired_at(now)) {
+        let Ask { envelope, deadline, reply } = ask;
+        // The one clock read of a request at the service: the expiry check
+        // and, for every 16th request, the latency sample's start.
+        let started = Instant::now();
+        if started >= deadline {
             self.metrics.expired.increment(1);
             let _ = reply.send(Err(RequestError::Expired));
             return;
@@ -581,27 +582,28 @@ impl<S: Service> StreamHandler<Ask<S::Request>> for ServiceActor<S> {
             return;
         };
         let (meta, req) = envelope.split();
-        let causation = Causation { message_id: meta.id, correlation_id: meta.correlation_id, deadline: meta.deadline };
-        // Building a span costs even with no subscriber (the `log` bridge
-        // checks its level), so build one only when someone listens.
-        let span = if tracing::enabled!(tracing::Level::DEBUG) {
-            tracing::debug_span!("request", service = %self.name, message_id = %meta.id, correlation_id = %meta.correlation_id)
-        } else {
-            tracing::Span::none()
-        };
+        let (meta_id, correlation_id) = (meta.id, meta.correlation_id);
+        let causation = Causation { message_id: meta_id, correlation_id, deadline: meta.deadline };
         let cx = RequestContext { envelope: meta };
-        let mut work = Box::pin(
-            async move {
-                let outcome = panic::catch_async(in_context(causation, state.call(req, cx))).await;
-                (state, outcome)
-            }
-            .instrument(span),
-        );
+        let work = async move {
+            let outcome = panic::catch_async(in_context(causation, state.call(req, cx))).await;
+            (state, outcome)
+        };
+        // A span costs to build even with no subscriber (the `log` bridge
+        // checks its level), and an enter and exit per poll: attach one only
+        // when someone listens.
+        let mut work: Pin<Box<dyn Future<Output = _>>> = if tracing::enabled!(tracing::Level::DEBUG) {
+            let span = tracing::debug_span!("request", service = %self.name, message_id = %meta_id, correlation_id = %correlation_id);
+            Box::pin(work.instrument(span))
+        } else {
+            Box::pin(work)
+        };
         // Most handlers finish without waiting on anything: answer those at
         // once and keep the actor's wait queue for those that do wait. A
         // handler left pending is polled again by `ctx.wait` with the actor's
         // real waker, which every future must accept.
-        let started = started.filter(|_| sample);
+        self.handled = self.handled.wrapping_add(1);
+        let started = (self.handled % LATENCY_SAMPLE_EVERY == 0).then_some(started);
         if let Poll::Ready((state, outcome)) = work.as_mut().poll(&mut task::Context::from_waker(Waker::noop())) {
             self.record_latency(started);
             self.finish(state, outcome, reply, ctx);
