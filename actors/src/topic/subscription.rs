@@ -379,7 +379,8 @@ pub struct SubscriptionStats {
 /// topic), each at most once.
 ///
 /// Dropping it unsubscribes: topics stop buffering for it and forget it, and
-/// claim-check payloads it held are released.
+/// claim-check payloads it held are released. It is also a
+/// `futures::Stream` of envelopes, for `StreamExt` combinators.
 ///
 /// ```no_run
 /// # async fn f(mut sub: actorbus_actors::topic::Subscription<String>) {
