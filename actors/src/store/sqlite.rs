@@ -210,7 +210,7 @@ impl SqliteWriter {
     fn write_batch(
         tx: &Transaction<'_>,
         known: &mut Known,
-        batch: &[AppendRequest],
+        batch: Vec<AppendRequest>,
         timestamp: Timestamp,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         // The transaction holds the write lock, so no other connection can
@@ -226,9 +226,13 @@ impl SqliteWriter {
                 to_u64(end, "position")?
             }
         };
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (position, id, stream, version, event_type, data, metadata, timestamp)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
         let mut results = Vec::with_capacity(batch.len());
         for req in batch {
-            let result = Self::append_one(tx, &mut known.versions, req, &mut next_position, timestamp);
+            let result = Self::append_one(tx, &mut insert, &mut known.versions, req, &mut next_position, timestamp);
             if let Err(AppendError::Store(e)) = result {
                 // A storage error may have left part of this request written
                 // (and some, like a full disk, roll the transaction back
@@ -244,8 +248,9 @@ impl SqliteWriter {
 
     fn append_one(
         tx: &Transaction<'_>,
+        insert: &mut Statement<'_>,
         versions: &mut HashMap<String, u64>,
-        req: &AppendRequest,
+        req: AppendRequest,
         next_position: &mut u64,
         timestamp: Timestamp,
     ) -> Result<AppendOutcome, AppendError> {
@@ -258,7 +263,7 @@ impl SqliteWriter {
         // index on ids checks that as the events go in, which spares a lookup
         // per event. Only an append that conflicts pays for the lookups.
         let unseen = vec![None; req.events.len()];
-        let planned = match plan_append(req, current, &unseen) {
+        let planned = match plan_append(&req, current, &unseen) {
             Ok(AppendPlan::Write { first_version }) => Some(first_version),
             Ok(AppendPlan::Skip(result)) => return Ok(AppendOutcome { result, recorded: Vec::new() }),
             // A retry of an append that was written fails the version check
@@ -266,40 +271,59 @@ impl SqliteWriter {
             Err(AppendError::WrongExpectedVersion { .. }) => None,
             Err(e) => return Err(e),
         };
-        let inserted = match planned {
-            Some(first_version) => Self::insert(tx, req, first_version, *next_position, timestamp)?,
-            None => None,
-        };
-        let recorded = match inserted {
-            Some(recorded) => recorded,
-            None => {
+        let first_version = match planned {
+            Some(first_version) if Self::insert(insert, &req, first_version, *next_position, timestamp)? => {
+                first_version
+            }
+            _ => {
                 if planned.is_some() {
                     // Take back the events of this request that went in before
                     // the one that conflicted.
                     tx.prepare_cached("DELETE FROM events WHERE position >= ?1")?
                         .execute([to_i64(*next_position, "position")?])?;
                 }
-                match Self::plan_from_storage(tx, req)? {
+                match Self::plan_from_storage(tx, &req)? {
                     AppendPlan::Skip(result) => return Ok(AppendOutcome { result, recorded: Vec::new() }),
                     AppendPlan::Write { first_version } => {
-                        Self::insert(tx, req, first_version, *next_position, timestamp)?.ok_or_else(|| {
-                            StoreError::Corrupt(format!(
+                        if !Self::insert(insert, &req, first_version, *next_position, timestamp)? {
+                            return Err(StoreError::Corrupt(format!(
                                 "stream `{}`: an event id or version is taken twice",
                                 req.stream
                             ))
-                        })?
+                            .into());
+                        }
+                        first_version
                     }
                 }
             }
         };
         let first_position = *next_position;
         *next_position += req.events.len() as u64;
-        let version = recorded.last().map(|e| e.version);
-        if let Some(v) = version {
-            remember(versions, &req.stream, v);
-        }
+        let AppendRequest { stream, events, .. } = req;
+        // A written append has at least one event.
+        let version = first_version + events.len() as u64 - 1;
+        remember(versions, &stream, version);
+        // The request is spent: its events move into the recorded ones.
+        let recorded = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| RecordedEvent {
+                id: e.id.unwrap_or_default(),
+                stream: stream.clone(),
+                version: first_version + i as u64,
+                position: first_position + i as u64,
+                event_type: e.event_type,
+                data: e.data,
+                metadata: e.metadata,
+                timestamp,
+            })
+            .collect();
         Ok(AppendOutcome {
-            result: AppendResult { version, positions: Some(first_position..=*next_position - 1), written: true },
+            result: AppendResult {
+                version: Some(version),
+                positions: Some(first_position..=*next_position - 1),
+                written: true,
+            },
             recorded,
         })
     }
@@ -332,31 +356,23 @@ impl SqliteWriter {
     }
 
     /// Inserts the events of `req` at versions `first_version..` and
-    /// positions `position..`. `None` when an event id or version is already
-    /// taken; the events inserted before that one stay.
+    /// positions `position..` with `insert`. False when an event id or
+    /// version is already taken; the events inserted before that one stay.
     fn insert(
-        tx: &Transaction<'_>,
+        insert: &mut Statement<'_>,
         req: &AppendRequest,
         first_version: u64,
         position: u64,
         timestamp: Timestamp,
-    ) -> Result<Option<Vec<RecordedEvent>>, AppendError> {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO events (position, id, stream, version, event_type, data, metadata, timestamp)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let mut recorded = Vec::with_capacity(req.events.len());
+    ) -> Result<bool, AppendError> {
         for (i, e) in req.events.iter().enumerate() {
-            let id = e.id.unwrap_or_default();
-            let position = position + i as u64;
-            let version = first_version + i as u64;
             let data = serde_json::to_vec(&e.data).map_err(StoreError::from)?;
             let metadata = serde_json::to_vec(&e.metadata).map_err(StoreError::from)?;
             let inserted = insert.execute(params![
-                to_i64(position, "position")?,
-                id.0.as_bytes().as_slice(),
+                to_i64(position + i as u64, "position")?,
+                e.id.unwrap_or_default().0.as_bytes().as_slice(),
                 req.stream,
-                to_i64(version, "version")?,
+                to_i64(first_version + i as u64, "version")?,
                 e.event_type,
                 data,
                 metadata,
@@ -365,21 +381,11 @@ impl SqliteWriter {
             match inserted {
                 Ok(_) => {}
                 // SQLite undid the failed statement and left the transaction open.
-                Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => return Ok(None),
+                Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => return Ok(false),
                 Err(e) => return Err(e.into()),
             }
-            recorded.push(RecordedEvent {
-                id,
-                stream: req.stream.clone(),
-                version,
-                position,
-                event_type: e.event_type.clone(),
-                data: e.data.clone(),
-                metadata: e.metadata.clone(),
-                timestamp,
-            });
         }
-        Ok(Some(recorded))
+        Ok(true)
     }
 }
 
@@ -398,7 +404,10 @@ fn remember(versions: &mut HashMap<String, u64>, stream: &str, version: u64) {
 }
 
 impl EventWriter for SqliteWriter {
-    fn append_batch(&mut self, batch: &[AppendRequest]) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+    fn append_batch(
+        &mut self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         let timestamp = Timestamp::now().max(self.last_timestamp);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let written = Self::write_batch(&tx, &mut self.known, batch, timestamp);
@@ -547,11 +556,11 @@ mod tests {
         let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
         let mut w = log.writer().unwrap();
         let first = AppendRequest::new("a", ExpectedVersion::NoStream, vec![ev(0)]);
-        only(w.append_batch(std::slice::from_ref(&first)).unwrap()).unwrap();
+        only(w.append_batch(vec![first.clone()]).unwrap()).unwrap();
         // The new event goes in before the insert of the stored id fails.
         let late = AppendRequest::new("a", ExpectedVersion::Any, vec![ev(1), first.events[0].clone()]);
         let other = AppendRequest::new("b", ExpectedVersion::NoStream, vec![ev(2)]);
-        let results = w.append_batch(&[late, other]).unwrap();
+        let results = w.append_batch(vec![late, other]).unwrap();
         assert!(matches!(results[0], Err(AppendError::DuplicateEventId { version: 0, .. })), "{results:?}");
         assert_eq!(results[1].as_ref().unwrap().result.positions, Some(1..=1));
         let mut r = log.reader().unwrap();
@@ -564,12 +573,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
         let (mut w1, mut w2) = (log.writer().unwrap(), log.writer().unwrap());
-        only(w1.append_batch(&[AppendRequest::new("s", ExpectedVersion::NoStream, vec![ev(0)])]).unwrap()).unwrap();
-        only(w2.append_batch(&[AppendRequest::new("s", ExpectedVersion::Exact(0), vec![ev(1)])]).unwrap()).unwrap();
+        only(w1.append_batch(vec![AppendRequest::new("s", ExpectedVersion::NoStream, vec![ev(0)])]).unwrap()).unwrap();
+        only(w2.append_batch(vec![AppendRequest::new("s", ExpectedVersion::Exact(0), vec![ev(1)])]).unwrap()).unwrap();
         // w1 last saw version 0 at position 0; both moved on.
-        let stale = only(w1.append_batch(&[AppendRequest::new("s", ExpectedVersion::Exact(0), vec![ev(2)])]).unwrap());
+        let stale =
+            only(w1.append_batch(vec![AppendRequest::new("s", ExpectedVersion::Exact(0), vec![ev(2)])]).unwrap());
         assert!(matches!(stale, Err(AppendError::WrongExpectedVersion { actual: Some(1), .. })), "{stale:?}");
-        let next = only(w1.append_batch(&[AppendRequest::new("s", ExpectedVersion::Exact(1), vec![ev(3)])]).unwrap());
+        let next =
+            only(w1.append_batch(vec![AppendRequest::new("s", ExpectedVersion::Exact(1), vec![ev(3)])]).unwrap());
         assert_eq!(next.unwrap().positions, Some(2..=2));
     }
 }
