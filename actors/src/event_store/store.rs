@@ -211,7 +211,7 @@ impl EventStore {
         let (requests, waiting): (Vec<_>, Vec<_>) = self.queue.drain(..n).unzip();
         self.committing = true;
         let started = Instant::now();
-        let op = WriteOp(Box::new(move |w: &mut dyn crate::store::EventWriter| w.append_batch(&requests)));
+        let op = WriteOp(Box::new(move |w: &mut dyn crate::store::EventWriter| w.append_batch(requests)));
         let commit = self.writer.send(op);
         ctx.spawn(commit.into_actor(self).map(move |res, act, ctx| {
             act.committing = false;

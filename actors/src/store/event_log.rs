@@ -369,9 +369,14 @@ pub trait EventWriter: Send {
     ///
     /// The outer `Err` means the commit failed and nothing was written; an
     /// inner `Err` refuses that one request (nothing of it was written) while
-    /// the others commit. Results are in the order of `batch`.
+    /// the others commit. Results are in the order of `batch`. The batch is
+    /// taken by value so that a backend can move its events into the
+    /// recorded ones instead of copying them.
     #[allow(clippy::type_complexity)]
-    fn append_batch(&mut self, batch: &[AppendRequest]) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError>;
+    fn append_batch(
+        &mut self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError>;
     /// Stores a snapshot (replacing one at the same stream and version).
     fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StoreError>;
     /// Stores a projection checkpoint (replacing the previous one).

@@ -33,7 +33,7 @@ struct State {
 ///
 /// let log = MemoryEventLog::new();
 /// let req = AppendRequest::new("a", ExpectedVersion::NoStream, vec![NewEvent::new("Opened", serde_json::json!({}))]);
-/// let results = log.writer().unwrap().append_batch(&[req]).unwrap();
+/// let results = log.writer().unwrap().append_batch(vec![req]).unwrap();
 /// assert_eq!(results[0].as_ref().unwrap().result.version, Some(0));
 /// ```
 #[derive(Clone, Debug, Default)]
@@ -132,7 +132,10 @@ impl MemoryEventLog {
 }
 
 impl EventWriter for MemoryEventLog {
-    fn append_batch(&mut self, batch: &[AppendRequest]) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+    fn append_batch(
+        &mut self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         Ok(self.write(|s| {
             let timestamp = Timestamp::now().max(s.last_timestamp);
             s.last_timestamp = timestamp;

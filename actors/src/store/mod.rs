@@ -42,7 +42,7 @@
 //! let log = SqliteEventLog::open(&DataDir::new(&dir))?;
 //! let mut writer = log.writer()?;
 //! // One commit (one fsync) for two appends to two streams.
-//! let results = writer.append_batch(&[
+//! let results = writer.append_batch(vec![
 //!     AppendRequest::new("cart-1", ExpectedVersion::NoStream, vec![NewEvent::new("Created", json!({}))]),
 //!     AppendRequest::new("cart-2", ExpectedVersion::NoStream, vec![NewEvent::new("Created", json!({}))]),
 //! ])?;

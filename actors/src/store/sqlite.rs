@@ -20,9 +20,10 @@
 //! rolls back whatever had not committed when the file is next opened: a
 //! batch is on disk whole or not at all.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension, Params, Statement, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Params, Statement, Transaction, TransactionBehavior};
 use uuid::Uuid;
 
 use super::data_dir::{open_sqlite_file, open_sqlite_reader};
@@ -117,7 +118,7 @@ impl EventLog for SqliteEventLog {
             .query_row("SELECT timestamp FROM events ORDER BY position DESC LIMIT 1", [], |r| r.get(0))
             .optional()?;
         let last_timestamp = Timestamp(last.map(|t| to_u64(t, "timestamp")).transpose()?.unwrap_or(0));
-        Ok(Box::new(SqliteWriter { conn, last_timestamp }))
+        Ok(Box::new(SqliteWriter { conn, last_timestamp, known: Known::default() }))
     }
 
     fn reader(&self) -> Result<Box<dyn EventReader>, StoreError> {
@@ -135,6 +136,24 @@ struct SqliteWriter {
     conn: Connection,
     /// Timestamps never go backwards, even if the wall clock does.
     last_timestamp: Timestamp,
+    known: Known,
+}
+
+/// The most streams whose version the writer remembers.
+const MAX_KNOWN_STREAMS: usize = 65_536;
+
+/// What the writer remembers of the log between batches, so that an append
+/// needs no query for its stream's version and a batch none for the end of
+/// `$all`. It only follows this connection's commits: it is forgotten when
+/// another connection commits to the file (SQLite's `data_version` moves) and
+/// when a batch fails (the rollback undoes what it recorded).
+#[derive(Default)]
+struct Known {
+    data_version: i64,
+    /// The position the next event gets.
+    end: Option<u64>,
+    /// The last version of streams this writer appended to.
+    versions: HashMap<String, u64>,
 }
 
 struct SqliteReader {
@@ -186,108 +205,219 @@ fn stream_version(conn: &Connection, stream: &str) -> Result<Option<u64>, StoreE
 }
 
 impl SqliteWriter {
+    /// Validates and writes every request of `batch` inside `tx`.
+    #[allow(clippy::type_complexity)]
+    fn write_batch(
+        tx: &Transaction<'_>,
+        known: &mut Known,
+        batch: Vec<AppendRequest>,
+        timestamp: Timestamp,
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        // The transaction holds the write lock, so no other connection can
+        // commit before this batch does: what is checked here holds to the end.
+        let data_version: i64 = tx.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
+        if data_version != known.data_version {
+            *known = Known { data_version, ..Known::default() };
+        }
+        let mut next_position = match known.end {
+            Some(end) => end,
+            None => {
+                let end: i64 = tx.query_row("SELECT COALESCE(MAX(position) + 1, 0) FROM events", [], |r| r.get(0))?;
+                to_u64(end, "position")?
+            }
+        };
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (position, id, stream, version, event_type, data, metadata, timestamp)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut results = Vec::with_capacity(batch.len());
+        for req in batch {
+            let result = Self::append_one(tx, &mut insert, &mut known.versions, req, &mut next_position, timestamp);
+            if let Err(AppendError::Store(e)) = result {
+                // A storage error may have left part of this request written
+                // (and some, like a full disk, roll the transaction back
+                // under us). Fail the whole batch: dropping the transaction
+                // rolls it back, so nothing of any request is written.
+                return Err(e);
+            }
+            results.push(result);
+        }
+        known.end = Some(next_position);
+        Ok(results)
+    }
+
     fn append_one(
         tx: &Transaction<'_>,
-        req: &AppendRequest,
+        insert: &mut Statement<'_>,
+        versions: &mut HashMap<String, u64>,
+        req: AppendRequest,
         next_position: &mut u64,
         timestamp: Timestamp,
     ) -> Result<AppendOutcome, AppendError> {
         super::event_log::validate_stream_name(&req.stream)?;
-        let current = stream_version(tx, &req.stream)?;
-        let mut existing = Vec::with_capacity(req.events.len());
-        {
-            let mut find = tx.prepare_cached("SELECT stream, version, position FROM events WHERE id = ?1")?;
-            for e in &req.events {
-                let found = match e.id {
-                    None => None,
-                    Some(id) => find
-                        .query_row([id.0.as_bytes().as_slice()], |r| {
-                            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                        })
-                        .optional()?,
-                };
-                existing.push(match found {
-                    None => None,
-                    Some((stream, version, position)) => Some(StoredAt {
-                        stream,
-                        version: to_u64(version, "version")?,
-                        position: to_u64(position, "position")?,
-                    }),
-                });
-            }
-        }
-        let first_version = match plan_append(req, current, &existing)? {
-            AppendPlan::Skip(result) => return Ok(AppendOutcome { result, recorded: Vec::new() }),
-            AppendPlan::Write { first_version } => first_version,
+        let current = match versions.get(req.stream.as_str()) {
+            Some(&v) => Some(v),
+            None => stream_version(tx, &req.stream)?,
         };
-        let mut recorded = Vec::with_capacity(req.events.len());
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events (position, id, stream, version, event_type, data, metadata, timestamp)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for (i, e) in req.events.iter().enumerate() {
-                let id = e.id.unwrap_or_default();
-                let position = *next_position + i as u64;
-                let version = first_version + i as u64;
-                let data = serde_json::to_vec(&e.data).map_err(StoreError::from)?;
-                let metadata = serde_json::to_vec(&e.metadata).map_err(StoreError::from)?;
-                insert.execute(params![
-                    to_i64(position, "position")?,
-                    id.0.as_bytes().as_slice(),
-                    req.stream,
-                    to_i64(version, "version")?,
-                    e.event_type,
-                    data,
-                    metadata,
-                    to_i64(timestamp.0, "timestamp")?,
-                ])?;
-                recorded.push(RecordedEvent {
-                    id,
-                    stream: req.stream.clone(),
-                    version,
-                    position,
-                    event_type: e.event_type.clone(),
-                    data: e.data.clone(),
-                    metadata: e.metadata.clone(),
-                    timestamp,
-                });
+        // First assume that no event id of the request is stored: the unique
+        // index on ids checks that as the events go in, which spares a lookup
+        // per event. Only an append that conflicts pays for the lookups.
+        let unseen = vec![None; req.events.len()];
+        let planned = match plan_append(&req, current, &unseen) {
+            Ok(AppendPlan::Write { first_version }) => Some(first_version),
+            Ok(AppendPlan::Skip(result)) => return Ok(AppendOutcome { result, recorded: Vec::new() }),
+            // A retry of an append that was written fails the version check
+            // and must still be answered as an idempotent repeat.
+            Err(AppendError::WrongExpectedVersion { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let first_version = match planned {
+            Some(first_version) if Self::insert(insert, &req, first_version, *next_position, timestamp)? => {
+                first_version
             }
-        }
+            _ => {
+                if planned.is_some() {
+                    // Take back the events of this request that went in before
+                    // the one that conflicted.
+                    tx.prepare_cached("DELETE FROM events WHERE position >= ?1")?
+                        .execute([to_i64(*next_position, "position")?])?;
+                }
+                match Self::plan_from_storage(tx, &req)? {
+                    AppendPlan::Skip(result) => return Ok(AppendOutcome { result, recorded: Vec::new() }),
+                    AppendPlan::Write { first_version } => {
+                        if !Self::insert(insert, &req, first_version, *next_position, timestamp)? {
+                            return Err(StoreError::Corrupt(format!(
+                                "stream `{}`: an event id or version is taken twice",
+                                req.stream
+                            ))
+                            .into());
+                        }
+                        first_version
+                    }
+                }
+            }
+        };
         let first_position = *next_position;
         *next_position += req.events.len() as u64;
+        let AppendRequest { stream, events, .. } = req;
+        // A written append has at least one event.
+        let version = first_version + events.len() as u64 - 1;
+        remember(versions, &stream, version);
+        // The request is spent: its events move into the recorded ones.
+        let recorded = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| RecordedEvent {
+                id: e.id.unwrap_or_default(),
+                stream: stream.clone(),
+                version: first_version + i as u64,
+                position: first_position + i as u64,
+                event_type: e.event_type,
+                data: e.data,
+                metadata: e.metadata,
+                timestamp,
+            })
+            .collect();
         Ok(AppendOutcome {
             result: AppendResult {
-                version: recorded.last().map(|e| e.version),
+                version: Some(version),
                 positions: Some(first_position..=*next_position - 1),
                 written: true,
             },
             recorded,
         })
     }
+
+    /// Plans `req` from what storage says (the stream's version and where
+    /// each of its event ids is stored), not from what the writer remembers.
+    fn plan_from_storage(tx: &Transaction<'_>, req: &AppendRequest) -> Result<AppendPlan, AppendError> {
+        let current = stream_version(tx, &req.stream)?;
+        let mut existing = Vec::with_capacity(req.events.len());
+        let mut find = tx.prepare_cached("SELECT stream, version, position FROM events WHERE id = ?1")?;
+        for e in &req.events {
+            let found = match e.id {
+                None => None,
+                Some(id) => find
+                    .query_row([id.0.as_bytes().as_slice()], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    })
+                    .optional()?,
+            };
+            existing.push(match found {
+                None => None,
+                Some((stream, version, position)) => Some(StoredAt {
+                    stream,
+                    version: to_u64(version, "version")?,
+                    position: to_u64(position, "position")?,
+                }),
+            });
+        }
+        plan_append(req, current, &existing)
+    }
+
+    /// Inserts the events of `req` at versions `first_version..` and
+    /// positions `position..` with `insert`. False when an event id or
+    /// version is already taken; the events inserted before that one stay.
+    fn insert(
+        insert: &mut Statement<'_>,
+        req: &AppendRequest,
+        first_version: u64,
+        position: u64,
+        timestamp: Timestamp,
+    ) -> Result<bool, AppendError> {
+        for (i, e) in req.events.iter().enumerate() {
+            let data = serde_json::to_vec(&e.data).map_err(StoreError::from)?;
+            let metadata = serde_json::to_vec(&e.metadata).map_err(StoreError::from)?;
+            let inserted = insert.execute(params![
+                to_i64(position + i as u64, "position")?,
+                e.id.unwrap_or_default().0.as_bytes().as_slice(),
+                req.stream,
+                to_i64(first_version + i as u64, "version")?,
+                e.event_type,
+                data,
+                metadata,
+                to_i64(timestamp.0, "timestamp")?,
+            ]);
+            match inserted {
+                Ok(_) => {}
+                // SQLite undid the failed statement and left the transaction open.
+                Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Records that `stream` is at `version`. Past [`MAX_KNOWN_STREAMS`] the
+/// writer forgets them all: forgetting costs one query per stream later,
+/// and keeps the memory bounded however many streams there are.
+fn remember(versions: &mut HashMap<String, u64>, stream: &str, version: u64) {
+    if let Some(v) = versions.get_mut(stream) {
+        *v = version;
+        return;
+    }
+    if versions.len() >= MAX_KNOWN_STREAMS {
+        versions.clear();
+    }
+    versions.insert(stream.to_owned(), version);
 }
 
 impl EventWriter for SqliteWriter {
-    fn append_batch(&mut self, batch: &[AppendRequest]) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+    fn append_batch(
+        &mut self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         let timestamp = Timestamp::now().max(self.last_timestamp);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let end: i64 = tx.query_row("SELECT COALESCE(MAX(position) + 1, 0) FROM events", [], |r| r.get(0))?;
-        let mut next_position = to_u64(end, "position")?;
-        let mut results = Vec::with_capacity(batch.len());
-        for req in batch {
-            let result = Self::append_one(&tx, req, &mut next_position, timestamp);
-            if let Err(AppendError::Store(e)) = result {
-                // A storage error may have left part of this request written
-                // (and some, like a full disk, roll the transaction back
-                // under us). Fail the whole batch: dropping `tx` rolls it
-                // back, so nothing of any request is written.
-                return Err(e);
-            }
-            results.push(result);
+        let written = Self::write_batch(&tx, &mut self.known, batch, timestamp);
+        let committed = written.and_then(|results| tx.commit().map(|()| results).map_err(StoreError::from));
+        match committed {
+            Ok(_) => self.last_timestamp = timestamp,
+            // The rollback undid what the batch taught the writer.
+            Err(_) => self.known = Known::default(),
         }
-        tx.commit()?;
-        self.last_timestamp = timestamp;
-        Ok(results)
+        committed
     }
 
     fn save_snapshot(&mut self, s: &Snapshot) -> Result<(), StoreError> {
@@ -404,5 +534,53 @@ impl EventReader for SqliteReader {
             })
         })
         .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ExpectedVersion, NewEvent};
+
+    fn ev(n: u64) -> NewEvent {
+        NewEvent::new("e", serde_json::json!(n))
+    }
+
+    fn only(results: Vec<Result<AppendOutcome, AppendError>>) -> Result<AppendResult, AppendError> {
+        results.into_iter().next().expect("one result").map(|o| o.result)
+    }
+
+    #[test]
+    fn a_stored_id_after_the_first_event_refuses_the_append_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
+        let mut w = log.writer().unwrap();
+        let first = AppendRequest::new("a", ExpectedVersion::NoStream, vec![ev(0)]);
+        only(w.append_batch(vec![first.clone()]).unwrap()).unwrap();
+        // The new event goes in before the insert of the stored id fails.
+        let late = AppendRequest::new("a", ExpectedVersion::Any, vec![ev(1), first.events[0].clone()]);
+        let other = AppendRequest::new("b", ExpectedVersion::NoStream, vec![ev(2)]);
+        let results = w.append_batch(vec![late, other]).unwrap();
+        assert!(matches!(results[0], Err(AppendError::DuplicateEventId { version: 0, .. })), "{results:?}");
+        assert_eq!(results[1].as_ref().unwrap().result.positions, Some(1..=1));
+        let mut r = log.reader().unwrap();
+        assert_eq!(r.end_position().unwrap(), 2);
+        assert_eq!(r.stream_version("a").unwrap(), Some(0));
+    }
+
+    #[test]
+    fn a_writer_follows_what_another_connection_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
+        let (mut w1, mut w2) = (log.writer().unwrap(), log.writer().unwrap());
+        only(w1.append_batch(vec![AppendRequest::new("s", ExpectedVersion::NoStream, vec![ev(0)])]).unwrap()).unwrap();
+        only(w2.append_batch(vec![AppendRequest::new("s", ExpectedVersion::Exact(0), vec![ev(1)])]).unwrap()).unwrap();
+        // w1 last saw version 0 at position 0; both moved on.
+        let stale =
+            only(w1.append_batch(vec![AppendRequest::new("s", ExpectedVersion::Exact(0), vec![ev(2)])]).unwrap());
+        assert!(matches!(stale, Err(AppendError::WrongExpectedVersion { actual: Some(1), .. })), "{stale:?}");
+        let next =
+            only(w1.append_batch(vec![AppendRequest::new("s", ExpectedVersion::Exact(1), vec![ev(3)])]).unwrap());
+        assert_eq!(next.unwrap().positions, Some(2..=2));
     }
 }
