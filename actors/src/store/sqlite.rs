@@ -250,11 +250,16 @@ impl SqliteWriter {
         tx: &Transaction<'_>,
         insert: &mut Statement<'_>,
         versions: &mut HashMap<String, u64>,
-        req: AppendRequest,
+        mut req: AppendRequest,
         next_position: &mut u64,
         timestamp: Timestamp,
     ) -> Result<AppendOutcome, AppendError> {
         super::event_log::validate_stream_name(&req.stream)?;
+        // A request built by hand may lack ids: give them here, once, so the
+        // stored row and the recorded event carry the same one.
+        for e in &mut req.events {
+            e.id.get_or_insert_with(MessageId::new);
+        }
         let current = match versions.get(req.stream.as_str()) {
             Some(&v) => Some(v),
             None => stream_version(tx, &req.stream)?,
@@ -370,7 +375,7 @@ impl SqliteWriter {
             let metadata = serde_json::to_vec(&e.metadata).map_err(StoreError::from)?;
             let inserted = insert.execute(params![
                 to_i64(position + i as u64, "position")?,
-                e.id.unwrap_or_default().0.as_bytes().as_slice(),
+                e.id.unwrap_or_default().0.as_bytes().as_slice(), // set by `append_one`
                 req.stream,
                 to_i64(first_version + i as u64, "version")?,
                 e.event_type,
@@ -566,6 +571,19 @@ mod tests {
         let mut r = log.reader().unwrap();
         assert_eq!(r.end_position().unwrap(), 2);
         assert_eq!(r.stream_version("a").unwrap(), Some(0));
+    }
+
+    #[test]
+    fn an_event_without_an_id_is_stored_and_recorded_with_the_same_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
+        let mut w = log.writer().unwrap();
+        let bare = AppendRequest { stream: "s".into(), expected: ExpectedVersion::Any, events: vec![ev(0)] };
+        assert_eq!(bare.events[0].id, None);
+        let outcome = w.append_batch(vec![bare]).unwrap().remove(0).unwrap();
+        let stored = log.reader().unwrap().read_all(0, crate::store::Direction::Forward, 10).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].id, outcome.recorded[0].id);
     }
 
     #[test]
