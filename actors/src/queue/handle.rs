@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::ready::Entry;
 use super::store::StoredBody;
 use super::QueueError;
 use crate::backpressure::OverflowPolicy;
@@ -134,7 +135,10 @@ pub(crate) type Committed = oneshot::Sender<Result<(), QueueError>>;
 
 /// A message for the actor; `stored` is set for durable queues.
 pub(crate) struct Incoming<T> {
-    pub(crate) env: Envelope<Body<T>>,
+    /// Boxed once here: the queue then moves a pointer (through its channel
+    /// and its in-flight table), not the whole envelope, several times per
+    /// message.
+    pub(crate) entry: Box<Entry<Body<T>>>,
     pub(crate) stored: Option<(StoredBody, Committed)>,
 }
 
@@ -146,7 +150,7 @@ pub(crate) enum Cmd<T> {
     /// `dead_letter`): the actor applies the policy.
     Overflow(Incoming<T>),
     /// A new consumer.
-    Subscribe { id: u64, tx: mpsc::Sender<Delivery<Body<T>>>, prefetch: usize },
+    Subscribe { id: u64, tx: mpsc::Sender<Handed<T>>, prefetch: usize },
 }
 
 /// How a delivery (or a consumer) ends, sent to the queue actor.
@@ -348,7 +352,12 @@ impl<T: Send + 'static> QueueHandle<T> {
         // that gives the place back instead of leaking it. The actor gives it
         // back once the message leaves.
         let (overflow, permit) = if shared.policy == OverflowPolicy::Block {
-            match shared.permits.acquire().await {
+            // The wait (and its waiter node) only when the queue is full.
+            let permit = match shared.permits.try_acquire() {
+                Ok(p) => Ok(p),
+                Err(_) => shared.permits.acquire().await,
+            };
+            match permit {
                 Ok(p) => (false, Some(p)),
                 Err(_) => return Err(self.closed()),
             }
@@ -388,9 +397,15 @@ impl<T: Send + 'static> QueueHandle<T> {
             }
             None => (None, None),
         };
-        let incoming = Incoming { env, stored };
+        let incoming = Incoming { entry: Box::new(Entry { env, enqueued_us: 0, seq: 0 }), stored };
         let cmd = if overflow { Cmd::Overflow(incoming) } else { Cmd::Enqueue(incoming) };
-        if self.tx.send(cmd).await.is_err() {
+        // As above: the awaiting send only when the channel is full.
+        let sent = match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(cmd)) => self.tx.send(cmd).await.map_err(drop),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        };
+        if sent.is_err() {
             self.release_ticket(ticket);
             return Err(self.closed());
         }
@@ -518,13 +533,13 @@ impl<T: Send + 'static> QueueHandle<T> {
 /// reason `claim_check` and skipped.
 pub struct Consumer<T> {
     id: u64,
-    rx: mpsc::Receiver<Delivery<Body<T>>>,
+    rx: mpsc::Receiver<Handed<T>>,
     settle: mpsc::UnboundedSender<Settle>,
     closed: bool,
     typed: Arc<Typed<T>>,
     /// A delivery being claimed: kept here across the claim's await, so a
     /// `recv` cancelled mid-claim (in a `select!`) loses nothing.
-    stash: Option<Delivery<Body<T>>>,
+    stash: Option<Handed<T>>,
 }
 
 impl<T> std::fmt::Debug for Consumer<T> {
@@ -539,18 +554,19 @@ impl<T> Consumer<T> {
     /// be claimed are dead-lettered here, never returned.
     pub async fn recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let d = match self.stash.take() {
-                Some(d) => d,
+            let handed = match self.stash.take() {
+                Some(h) => h,
                 None => self.rx.recv().await?,
             };
-            let Some(d) = Self::fresh(d) else { continue };
-            let (d, ticket) = match d.open() {
-                Opened::Ready(d) => return Some(d),
-                Opened::Ticket(d, ticket) => (d, ticket),
+            let (d, ticket) = match Self::fresh(handed) {
+                Some(Handed::Ready(d)) => return Some(d),
+                Some(Handed::Ticket(d, ticket)) => (d, ticket),
+                None => continue,
             };
-            self.stash = Some(d);
-            let claimed = claim(&self.typed, &ticket).await;
-            let Some(d) = self.stash.take() else { continue };
+            let copy = *ticket;
+            self.stash = Some(Handed::Ticket(d, ticket));
+            let claimed = claim(&self.typed, &copy).await;
+            let Some(Handed::Ticket(d, _)) = self.stash.take() else { continue };
             if let Some(d) = Self::claimed(d, claimed) {
                 return Some(d);
             }
@@ -562,19 +578,19 @@ impl<T> Consumer<T> {
     /// here: it stays first in line for the next [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let d = match self.stash.take() {
-                Some(d) => d,
+            let handed = match self.stash.take() {
+                Some(h) => h,
                 None => self.rx.try_recv().ok()?,
             };
-            let Some(d) = Self::fresh(d) else { continue };
-            let (d, ticket) = match d.open() {
-                Opened::Ready(d) => return Some(d),
-                Opened::Ticket(d, ticket) => (d, ticket),
+            let (d, ticket) = match Self::fresh(handed) {
+                Some(Handed::Ready(d)) => return Some(d),
+                Some(Handed::Ticket(d, ticket)) => (d, ticket),
+                None => continue,
             };
             let blocking = self.typed.claim.as_ref().is_some_and(|c| c.claims.backend().blocking());
             let claimed = if blocking { None } else { claim(&self.typed, &ticket).now_or_never() };
             let Some(claimed) = claimed else {
-                self.stash = Some(d);
+                self.stash = Some(Handed::Ticket(d, ticket));
                 return None;
             };
             if let Some(d) = Self::claimed(d, claimed) {
@@ -583,15 +599,19 @@ impl<T> Consumer<T> {
         }
     }
 
-    fn fresh(mut d: Delivery<Body<T>>) -> Option<Delivery<Body<T>>> {
-        if d.envelope.deadline.is_some() && d.envelope.is_expired() {
-            d.settler.send(Settle::Expired);
+    fn fresh(mut h: Handed<T>) -> Option<Handed<T>> {
+        let expired = match &h {
+            Handed::Ready(d) => d.envelope.deadline.is_some() && d.envelope.is_expired(),
+            Handed::Ticket(d, _) => d.envelope.deadline.is_some() && d.envelope.is_expired(),
+        };
+        if expired {
+            h.settler().send(Settle::Expired);
             return None;
         }
-        Some(d)
+        Some(h)
     }
 
-    fn claimed(d: Delivery<Body<T>>, claimed: Result<T, FailureReason>) -> Option<Delivery<T>> {
+    fn claimed(d: Delivery<()>, claimed: Result<T, FailureReason>) -> Option<Delivery<T>> {
         match claimed {
             Ok(payload) => Some(d.with_payload(payload)),
             Err(reason) => {
@@ -631,11 +651,11 @@ impl<T> Drop for Consumer<T> {
         // The queue stops sending to this consumer; deliveries still
         // buffered were never seen by a handler and go back as they were.
         self.close();
-        if let Some(mut d) = self.stash.take() {
-            d.settler.send(Settle::Release);
+        if let Some(mut h) = self.stash.take() {
+            h.settler().send(Settle::Release);
         }
-        while let Ok(mut d) = self.rx.try_recv() {
-            d.settler.send(Settle::Release);
+        while let Ok(mut h) = self.rx.try_recv() {
+            h.settler().send(Settle::Release);
         }
     }
 }
@@ -720,43 +740,63 @@ impl Drop for Settler {
 /// attempt.
 #[derive(Debug)]
 pub struct Delivery<T> {
-    envelope: Envelope<T>,
+    /// Boxed: moved through the consumer's channel and `recv` as a pointer.
+    envelope: Box<Envelope<T>>,
     settler: Settler,
 }
 
-/// A delivery as the queue sent it: ready, or waiting for its claim.
-enum Opened<T> {
+/// What the queue hands a consumer: a delivery as it will be returned, or
+/// the envelope and ticket of one whose payload the consumer claims first.
+#[derive(Debug)]
+pub(crate) enum Handed<T> {
     Ready(Delivery<T>),
-    Ticket(Delivery<Body<T>>, Ticket),
+    Ticket(Delivery<()>, Box<Ticket>),
 }
 
-impl<T> Delivery<Body<T>> {
-    fn open(self) -> Opened<T> {
-        let Delivery { envelope, settler } = self;
-        let (meta, body) = envelope.split();
-        match body {
-            Body::Inline(t) => Opened::Ready(Delivery { envelope: meta.with_payload(t), settler }),
-            Body::Claimed(ticket) => {
-                let copy = *ticket;
-                Opened::Ticket(Delivery { envelope: meta.with_payload(Body::Claimed(ticket)), settler }, copy)
-            }
+impl<T: Clone> Handed<T> {
+    /// A delivery of a copy of `env` (the queue keeps the original until
+    /// the delivery is settled).
+    pub(crate) fn of(env: &Envelope<Body<T>>, receipt: u64, tx: mpsc::UnboundedSender<Settle>) -> Self {
+        match &env.payload {
+            Body::Inline(t) => Handed::Ready(Delivery::new(boxed_copy(env, t.clone()), receipt, tx)),
+            Body::Claimed(ticket) => Handed::Ticket(Delivery::new(boxed_copy(env, ()), receipt, tx), ticket.clone()),
+        }
+    }
+}
+
+/// `env`'s metadata around `payload`, built in its box.
+fn boxed_copy<P, U>(env: &Envelope<P>, payload: U) -> Box<Envelope<U>> {
+    Box::new(Envelope {
+        id: env.id,
+        correlation_id: env.correlation_id,
+        causation_id: env.causation_id,
+        created_at: env.created_at,
+        deadline: env.deadline,
+        priority: env.priority,
+        attempt: env.attempt,
+        headers: env.headers.clone(),
+        payload,
+    })
+}
+
+impl<T> Handed<T> {
+    pub(crate) fn settler(&mut self) -> &mut Settler {
+        match self {
+            Handed::Ready(d) => &mut d.settler,
+            Handed::Ticket(d, _) => &mut d.settler,
         }
     }
 }
 
 impl<T> Delivery<T> {
-    pub(crate) fn new(envelope: Envelope<T>, receipt: u64, tx: mpsc::UnboundedSender<Settle>) -> Self {
+    fn new(envelope: Box<Envelope<T>>, receipt: u64, tx: mpsc::UnboundedSender<Settle>) -> Self {
         Delivery { envelope, settler: Settler { receipt, tx, done: false } }
-    }
-
-    pub(crate) fn disarm(mut self) -> Envelope<T> {
-        self.settler.disarm();
-        self.envelope
     }
 
     fn with_payload<U>(self, payload: U) -> Delivery<U> {
         let Delivery { envelope, settler } = self;
-        Delivery { envelope: envelope.map(|_| payload), settler }
+        let (meta, _) = envelope.split();
+        Delivery { envelope: Box::new(meta.with_payload(payload)), settler }
     }
 
     /// The envelope (its `attempt` is this delivery's attempt).
@@ -787,7 +827,7 @@ impl<T> Delivery<T> {
     /// The envelope and the settler, apart (to move the payload into a
     /// handler and settle after).
     pub fn into_parts(self) -> (Envelope<T>, Settler) {
-        (self.envelope, self.settler)
+        (*self.envelope, self.settler)
     }
 
     /// Done: the message leaves the queue.
