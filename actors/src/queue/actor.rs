@@ -11,7 +11,7 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::handle::{
-    Body, ClaimSide, Cmd, Codec, Committed, Handed, Incoming, QueueHandle, Settle, Shared, Stats, Typed,
+    Body, ClaimSide, Cmd, Codec, Committed, Handed, Incoming, Link, QueueHandle, Settle, Shared, Stats, Typed,
 };
 use super::ready::{Entry, Key, Ready};
 use super::store::{QueueBatch, QueueStore, StoredBody, StoredMessage};
@@ -79,6 +79,7 @@ struct Slot<T> {
     tx: mpsc::Sender<Handed<T>>,
     prefetch: usize,
     outstanding: usize,
+    link: Arc<Link>,
 }
 
 struct Metrics {
@@ -769,9 +770,14 @@ where
         None
     }
 
-    fn remove_consumer(&mut self, id: u64) {
+    fn remove_consumer(&mut self, id: u64, ctx: &mut Context<Self>) {
         self.timed_out.retain(|_, c| *c != id);
         if let Some(idx) = self.consumers.iter().position(|s| s.id == id) {
+            // Its acks held back count first (they give its credit back);
+            // later ones come one by one.
+            for receipt in self.consumers[idx].link.take(true) {
+                self.settle(Settle::Ack(receipt), ctx);
+            }
             let slot = self.consumers.remove(idx);
             self.credit -= slot.prefetch.saturating_sub(slot.outstanding);
         }
@@ -804,8 +810,8 @@ where
             };
             self.next_receipt += 1;
             let receipt = self.next_receipt;
-            let handed = Handed::of(&entry.env, receipt, self.shared.settle.clone());
             let slot = &mut self.consumers[idx];
+            let handed = Handed::of(&entry.env, receipt, &slot.link);
             match slot.tx.try_send(handed) {
                 Ok(()) => {
                     slot.outstanding += 1;
@@ -829,7 +835,7 @@ where
                     // delivery back without counting a failure.
                     e.into_inner().settler().disarm();
                     let id = slot.id;
-                    self.remove_consumer(id);
+                    self.remove_consumer(id, ctx);
                     self.requeue_front(entry, key);
                 }
             }
@@ -957,6 +963,9 @@ where
     fn tick(&mut self, ctx: &mut Context<Self>) {
         self.stamp();
         let now = self.now;
+        // Acks held back by consumers first: they may settle deliveries
+        // that would time out below.
+        self.take_held_acks(ctx);
         // Visibility timeouts: the timeout is the same for every delivery, so
         // deliveries (keyed by receipt) time out in receipt order.
         while let Some(&receipt) = self.deadlines.front() {
@@ -1030,10 +1039,18 @@ where
     fn settle(&mut self, settle: Settle, ctx: &mut Context<Self>) {
         let settle = match settle {
             Settle::Close(id) => {
-                self.remove_consumer(id);
+                self.remove_consumer(id, ctx);
+                return;
+            }
+            Settle::Acks(receipts) => {
+                for receipt in receipts {
+                    self.settle(Settle::Ack(receipt), ctx);
+                }
                 return;
             }
             Settle::Flush(waiter) => {
+                // "Everything done so far" includes acks held back.
+                self.take_held_acks(ctx);
                 if self.store.is_some() {
                     self.flush_waiters.push(waiter);
                     self.schedule_flush(ctx);
@@ -1049,7 +1066,7 @@ where
             Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } | Settle::Unclaimable { receipt, .. } => {
                 *receipt
             }
-            Settle::Close(_) | Settle::Flush(_) => return,
+            Settle::Close(_) | Settle::Acks(_) | Settle::Flush(_) => return,
         };
         let Some(f) = self.in_flight.remove(&receipt) else {
             // Settled after its visibility timeout: the message was already
@@ -1104,7 +1121,16 @@ where
                 self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)), ctx);
                 self.requeue_front(f.entry, f.key);
             }
-            Settle::Close(_) | Settle::Flush(_) => {}
+            Settle::Close(_) | Settle::Acks(_) | Settle::Flush(_) => {}
+        }
+    }
+
+    /// Applies the acks every consumer holds back (see `Link`).
+    fn take_held_acks(&mut self, ctx: &mut Context<Self>) {
+        for idx in 0..self.consumers.len() {
+            for receipt in self.consumers[idx].link.take(false) {
+                self.settle(Settle::Ack(receipt), ctx);
+            }
         }
     }
 }
@@ -1142,8 +1168,8 @@ where
             match cmd {
                 Cmd::Enqueue(incoming) => self.accept(incoming, ctx),
                 Cmd::Overflow(incoming) => self.overflow(incoming, ctx),
-                Cmd::Subscribe { id, tx, prefetch } => {
-                    self.consumers.push(Slot { id, tx, prefetch, outstanding: 0 });
+                Cmd::Subscribe { tx, prefetch, link } => {
+                    self.consumers.push(Slot { id: link.consumer, tx, prefetch, outstanding: 0, link });
                     self.credit += prefetch;
                 }
             }
@@ -1172,4 +1198,85 @@ where
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlq::DlqSink;
+
+    async fn until(what: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !what() {
+            assert!(start.elapsed() < Duration::from_secs(10), "condition not reached");
+            actix_rt::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn config(name: &str, tick: Duration) -> QueueConfig {
+        QueueConfig { tick, ..QueueConfig::named(name) }
+    }
+
+    #[test]
+    fn acks_held_by_a_dropped_consumer_still_count() {
+        actix_rt::System::new().block_on(async {
+            // No tick for an hour: only the drop can hand the ack over.
+            let q = Queue::<u32>::start(config("held-drop", Duration::from_secs(3600)), DlqSink::in_memory()).unwrap();
+            let mut c = q.consumer(8).await.unwrap();
+            for i in 0..4 {
+                q.send(i).await.unwrap();
+            }
+            let d = c.recv().await.unwrap();
+            assert_eq!(*d.payload(), 0);
+            // Three more wait in the consumer: the ack is held back.
+            d.ack();
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(q.stats().acked, 0);
+            drop(c);
+            until(|| q.stats().acked == 1 && q.depth() == 3 && q.in_flight() == 0).await;
+            let s = q.stats();
+            assert_eq!((s.nacked, s.redelivered, s.stale_settles), (0, 0, 0));
+        });
+    }
+
+    #[test]
+    fn acks_held_back_are_applied_at_the_next_tick() {
+        actix_rt::System::new().block_on(async {
+            let q = Queue::<u32>::start(config("held-tick", Duration::from_millis(5)), DlqSink::in_memory()).unwrap();
+            let mut c = q.consumer(8).await.unwrap();
+            q.send(1).await.unwrap();
+            q.send(2).await.unwrap();
+            c.recv().await.unwrap().ack();
+            // The consumer never asks for the second one.
+            until(|| q.stats().acked == 1).await;
+            assert_eq!(q.in_flight(), 1);
+            drop(c);
+        });
+    }
+
+    #[test]
+    fn a_batch_of_acks_with_a_stale_receipt_counts_it_and_settles_the_rest() {
+        actix_rt::System::new().block_on(async {
+            let config = QueueConfig {
+                visibility_timeout: Duration::from_millis(30),
+                retry: super::super::RetryPolicy::IMMEDIATE,
+                ..config("held-stale", Duration::from_millis(5))
+            };
+            let q = Queue::<u32>::start(config, DlqSink::in_memory()).unwrap();
+            let mut c = q.consumer(2).await.unwrap();
+            q.send(7).await.unwrap();
+            let (_, mut first) = c.recv().await.unwrap().into_parts();
+            first.disarm();
+            // Timed out and delivered again (the consumer kept its credit).
+            let (env, mut again) = c.recv().await.unwrap().into_parts();
+            again.disarm();
+            assert_eq!(env.attempt, 2);
+            let sent = q.shared.settle.send(Settle::Acks(vec![first.receipt(), again.receipt()]));
+            assert!(sent.is_ok());
+            until(|| q.stats().acked == 1).await;
+            let s = q.stats();
+            assert_eq!((s.stale_settles, s.timeouts, s.depth, s.in_flight), (1, 1, 0, 0));
+            drop(c);
+        });
+    }
 }

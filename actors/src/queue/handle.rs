@@ -1,7 +1,7 @@
 //! The sending side of a queue, its consumers and their deliveries.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -150,13 +150,15 @@ pub(crate) enum Cmd<T> {
     /// `dead_letter`): the actor applies the policy.
     Overflow(Incoming<T>),
     /// A new consumer.
-    Subscribe { id: u64, tx: mpsc::Sender<Handed<T>>, prefetch: usize },
+    Subscribe { tx: mpsc::Sender<Handed<T>>, prefetch: usize, link: Arc<Link> },
 }
 
 /// How a delivery (or a consumer) ends, sent to the queue actor.
 #[derive(Debug)]
 pub(crate) enum Settle {
     Ack(u64),
+    /// Acks a consumer held back (see [`Link`]).
+    Acks(Vec<u64>),
     Nack {
         receipt: u64,
         reason: FailureReason,
@@ -484,15 +486,18 @@ impl<T: Send + 'static> QueueHandle<T> {
         let prefetch = prefetch.max(1);
         let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(prefetch);
-        self.tx.send(Cmd::Subscribe { id, tx, prefetch }).await.map_err(|_| self.closed())?;
-        Ok(Consumer {
-            id,
-            rx,
-            settle: self.shared.settle.clone(),
-            closed: false,
-            typed: Arc::clone(&self.typed),
-            stash: None,
-        })
+        let link = Arc::new(Link {
+            consumer: id,
+            tx: self.shared.settle.clone(),
+            acks: Mutex::default(),
+            more: AtomicBool::new(false),
+            // Half the prefetch: the queue refills the consumer's buffer
+            // before it runs dry.
+            batch: (prefetch / 2).clamp(1, MAX_HELD_ACKS),
+        });
+        let subscribe = Cmd::Subscribe { tx, prefetch, link: Arc::clone(&link) };
+        self.tx.send(subscribe).await.map_err(|_| self.closed())?;
+        Ok(Consumer { id, rx, link, closed: false, typed: Arc::clone(&self.typed), stash: None })
     }
 
     /// The queue's counters and sizes.
@@ -534,7 +539,7 @@ impl<T: Send + 'static> QueueHandle<T> {
 pub struct Consumer<T> {
     id: u64,
     rx: mpsc::Receiver<Handed<T>>,
-    settle: mpsc::UnboundedSender<Settle>,
+    link: Arc<Link>,
     closed: bool,
     typed: Arc<Typed<T>>,
     /// A delivery being claimed: kept here across the claim's await, so a
@@ -556,8 +561,16 @@ impl<T> Consumer<T> {
         loop {
             let handed = match self.stash.take() {
                 Some(h) => h,
-                None => self.rx.recv().await?,
+                None => match self.rx.try_recv() {
+                    Ok(h) => h,
+                    Err(_) => {
+                        // About to wait: what was held back goes now.
+                        self.link.flush();
+                        self.rx.recv().await?
+                    }
+                },
             };
+            self.link.more.store(!self.rx.is_empty(), Ordering::Relaxed);
             let (d, ticket) = match Self::fresh(handed) {
                 Some(Handed::Ready(d)) => return Some(d),
                 Some(Handed::Ticket(d, ticket)) => (d, ticket),
@@ -580,8 +593,15 @@ impl<T> Consumer<T> {
         loop {
             let handed = match self.stash.take() {
                 Some(h) => h,
-                None => self.rx.try_recv().ok()?,
+                None => match self.rx.try_recv() {
+                    Ok(h) => h,
+                    Err(_) => {
+                        self.link.flush();
+                        return None;
+                    }
+                },
             };
+            self.link.more.store(!self.rx.is_empty(), Ordering::Relaxed);
             let (d, ticket) = match Self::fresh(handed) {
                 Some(Handed::Ready(d)) => return Some(d),
                 Some(Handed::Ticket(d, ticket)) => (d, ticket),
@@ -628,7 +648,8 @@ impl<T> Consumer<T> {
     pub fn close(&mut self) {
         if !self.closed {
             self.closed = true;
-            let _ = self.settle.send(Settle::Close(self.id));
+            self.link.flush();
+            let _ = self.link.tx.send(Settle::Close(self.id));
         }
     }
 }
@@ -669,8 +690,78 @@ impl<T> Drop for Consumer<T> {
 #[derive(Debug)]
 pub struct Settler {
     receipt: u64,
-    tx: mpsc::UnboundedSender<Settle>,
+    link: Arc<Link>,
     done: bool,
+}
+
+/// Most acks a consumer holds back before sending them together.
+const MAX_HELD_ACKS: usize = 64;
+
+/// How the deliveries of one consumer settle: shared by their settlers,
+/// the consumer and the queue actor.
+///
+/// Acks are held back while the consumer has more deliveries waiting, and
+/// go to the queue together (one message, one wake-up of the queue's
+/// thread) when `batch` of them piled up, when the consumer is about to
+/// wait or is closed, or at the queue's next tick, whichever comes first.
+/// So an ack is never lost and reaches the queue within a tick (before
+/// that tick looks at visibility timeouts). Once the queue closed the link
+/// (the consumer went away), acks go straight to it. Other settles always
+/// go at once.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) consumer: u64,
+    tx: mpsc::UnboundedSender<Settle>,
+    acks: Mutex<HeldAcks>,
+    /// The consumer had more deliveries waiting when it last took one.
+    more: AtomicBool,
+    batch: usize,
+}
+
+#[derive(Debug, Default)]
+struct HeldAcks {
+    receipts: Vec<u64>,
+    closed: bool,
+}
+
+impl Link {
+    fn held(&self) -> std::sync::MutexGuard<'_, HeldAcks> {
+        // Nothing panics while holding it: a poisoned lock is still sound.
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ack(&self, receipt: u64) {
+        let send = {
+            let mut held = self.held();
+            if held.closed {
+                Settle::Ack(receipt)
+            } else {
+                held.receipts.push(receipt);
+                if held.receipts.len() < self.batch && self.more.load(Ordering::Relaxed) {
+                    return;
+                }
+                Settle::Acks(std::mem::take(&mut held.receipts))
+            }
+        };
+        // A queue that is gone needs no answer.
+        let _ = self.tx.send(send);
+    }
+
+    /// Sends the acks held back.
+    fn flush(&self) {
+        let receipts = std::mem::take(&mut self.held().receipts);
+        if !receipts.is_empty() {
+            let _ = self.tx.send(Settle::Acks(receipts));
+        }
+    }
+
+    /// The queue actor takes the acks held back; with `close`, later acks
+    /// come to it one by one.
+    pub(crate) fn take(&self, close: bool) -> Vec<u64> {
+        let mut held = self.held();
+        held.closed |= close;
+        std::mem::take(&mut held.receipts)
+    }
 }
 
 impl Settler {
@@ -678,7 +769,7 @@ impl Settler {
         if !self.done {
             self.done = true;
             // A queue that is gone needs no answer.
-            let _ = self.tx.send(f(self.receipt));
+            let _ = self.link.tx.send(f(self.receipt));
         }
     }
 
@@ -694,7 +785,10 @@ impl Settler {
 
     /// Done: the message leaves the queue.
     pub fn ack(mut self) {
-        self.send(Settle::Ack);
+        if !self.done {
+            self.done = true;
+            self.link.ack(self.receipt);
+        }
     }
 
     /// Failed: retried by the queue's retry policy, dead-lettered after
@@ -756,10 +850,11 @@ pub(crate) enum Handed<T> {
 impl<T: Clone> Handed<T> {
     /// A delivery of a copy of `env` (the queue keeps the original until
     /// the delivery is settled).
-    pub(crate) fn of(env: &Envelope<Body<T>>, receipt: u64, tx: mpsc::UnboundedSender<Settle>) -> Self {
+    pub(crate) fn of(env: &Envelope<Body<T>>, receipt: u64, link: &Arc<Link>) -> Self {
+        let link = Arc::clone(link);
         match &env.payload {
-            Body::Inline(t) => Handed::Ready(Delivery::new(boxed_copy(env, t.clone()), receipt, tx)),
-            Body::Claimed(ticket) => Handed::Ticket(Delivery::new(boxed_copy(env, ()), receipt, tx), ticket.clone()),
+            Body::Inline(t) => Handed::Ready(Delivery::new(boxed_copy(env, t.clone()), receipt, link)),
+            Body::Claimed(ticket) => Handed::Ticket(Delivery::new(boxed_copy(env, ()), receipt, link), ticket.clone()),
         }
     }
 }
@@ -789,8 +884,8 @@ impl<T> Handed<T> {
 }
 
 impl<T> Delivery<T> {
-    fn new(envelope: Box<Envelope<T>>, receipt: u64, tx: mpsc::UnboundedSender<Settle>) -> Self {
-        Delivery { envelope, settler: Settler { receipt, tx, done: false } }
+    fn new(envelope: Box<Envelope<T>>, receipt: u64, link: Arc<Link>) -> Self {
+        Delivery { envelope, settler: Settler { receipt, link, done: false } }
     }
 
     fn with_payload<U>(self, payload: U) -> Delivery<U> {
