@@ -61,8 +61,10 @@ enum Loaded<T> {
     Undecodable(u64, DeadLetter),
 }
 
+/// Not boxed: an entry is copied into the table once, which costs less
+/// than a box per delivery.
 struct InFlight<T> {
-    entry: Box<Entry<T>>,
+    entry: Entry<T>,
     consumer: u64,
     due_us: u64,
     delivered_us: u64,
@@ -797,15 +799,14 @@ where
         let now = self.now;
         while self.credit > 0 {
             let Some((entry, key)) = self.ready.pop(now) else { break };
-            let entry = Box::new(entry);
             if entry.env.deadline.is_some() && entry.env.is_expired() {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
-                self.dead_letter(entry, FailureReason::Expired, true, ctx);
+                self.dead_letter(Box::new(entry), FailureReason::Expired, true, ctx);
                 self.release(key);
                 continue;
             }
             let Some(idx) = self.next_consumer() else {
-                self.requeue_front(entry, key);
+                self.requeue_front(Box::new(entry), key);
                 break;
             };
             self.next_receipt += 1;
@@ -836,7 +837,7 @@ where
                     e.into_inner().settler().disarm();
                     let id = slot.id;
                     self.remove_consumer(id, ctx);
-                    self.requeue_front(entry, key);
+                    self.requeue_front(Box::new(entry), key);
                 }
             }
         }
@@ -976,7 +977,7 @@ where
             let Some(f) = self.in_flight.remove(&receipt) else { continue };
             self.timed_out.insert(receipt, f.consumer);
             bump(&self.metrics.timeouts, &self.shared.stats.timeouts);
-            self.fail(f.entry, f.key, FailureReason::Timeout, None, ctx);
+            self.fail(Box::new(f.entry), f.key, FailureReason::Timeout, None, ctx);
         }
         if self.deadlines.len() > 2 * self.in_flight.len() + 1024 {
             let live = &self.in_flight;
@@ -1095,31 +1096,31 @@ where
             }
             Settle::Nack { reason, delay, .. } => {
                 bump(&self.metrics.nacked, &self.shared.stats.nacked);
-                self.fail(f.entry, f.key, reason, delay, ctx);
+                self.fail(Box::new(f.entry), f.key, reason, delay, ctx);
             }
             Settle::Reject { reason, .. } => {
                 let attempt = f.entry.env.attempt;
                 self.histories.entry(f.entry.env.id).or_default().push(FailureRecord::now(attempt, &reason));
-                self.dead_letter(f.entry, reason, true, ctx);
+                self.dead_letter(Box::new(f.entry), reason, true, ctx);
                 self.release(f.key);
             }
             Settle::Expired(_) => {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
-                self.dead_letter(f.entry, FailureReason::Expired, true, ctx);
+                self.dead_letter(Box::new(f.entry), FailureReason::Expired, true, ctx);
                 self.release(f.key);
             }
             Settle::Unclaimable { reason, .. } => {
                 bump(&self.metrics.claim_failures, &self.shared.stats.claim_failures);
                 let attempt = f.entry.env.attempt;
                 self.histories.entry(f.entry.env.id).or_default().push(FailureRecord::now(attempt, &reason));
-                self.dead_letter(f.entry, reason, true, ctx);
+                self.dead_letter(Box::new(f.entry), reason, true, ctx);
                 self.release(f.key);
             }
             Settle::Release(_) => {
                 // Never seen by a handler: the attempt does not count.
                 let (seq, attempt) = (f.entry.seq, f.entry.env.attempt);
                 self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)), ctx);
-                self.requeue_front(f.entry, f.key);
+                self.requeue_front(Box::new(f.entry), f.key);
             }
             Settle::Close(_) | Settle::Acks(_) | Settle::Flush(_) => {}
         }
