@@ -1,7 +1,8 @@
 //! The `Queue` actor.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::handle::{
-    Body, ClaimSide, Cmd, Codec, Committed, Delivery, Incoming, QueueHandle, Settle, Shared, Stats, Typed,
+    Body, ClaimSide, Cmd, Codec, Committed, Handed, Incoming, Link, QueueHandle, Settle, Shared, Stats, Typed,
 };
 use super::ready::{Entry, Key, Ready};
 use super::store::{QueueBatch, QueueStore, StoredBody, StoredMessage};
@@ -29,6 +30,12 @@ const SAMPLES_PER_TICK: u32 = 256;
 /// Most new messages a durable queue writes in one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// Most commands (or settles) the actor takes from its channel per handler
+/// call: the fixed costs of a call (an actix stream item, the dispatch, the
+/// clock read, the shared counters) are paid once per burst, not per
+/// message.
+const BURST: usize = 256;
+
 /// A durable queue's change to a stored row, not written yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RowOp {
@@ -39,21 +46,23 @@ enum RowOp {
 
 /// A durable send waiting for its commit.
 struct Pending<T> {
-    entry: Entry<Body<T>>,
+    entry: Box<Entry<Body<T>>>,
     body: StoredBody,
     reply: Committed,
 }
 
 /// A message read back from the store at start.
 enum Loaded<T> {
-    Ok(Entry<Body<T>>),
+    Ok(Box<Entry<Body<T>>>),
     /// Delivered `max_deliveries` times already (the last in flight at the
     /// stop or crash).
-    Exhausted(Entry<Body<T>>),
+    Exhausted(Box<Entry<Body<T>>>),
     /// The payload does not decode as `T` any more.
     Undecodable(u64, DeadLetter),
 }
 
+/// Not boxed: an entry is copied into the table once, which costs less
+/// than a box per delivery.
 struct InFlight<T> {
     entry: Entry<T>,
     consumer: u64,
@@ -63,15 +72,16 @@ struct InFlight<T> {
 }
 
 struct Delayed<T> {
-    entry: Entry<T>,
+    entry: Box<Entry<T>>,
     key: Option<Key>,
 }
 
 struct Slot<T> {
     id: u64,
-    tx: mpsc::Sender<Delivery<Body<T>>>,
+    tx: mpsc::Sender<Handed<T>>,
     prefetch: usize,
     outstanding: usize,
+    link: Arc<Link>,
 }
 
 struct Metrics {
@@ -122,6 +132,49 @@ fn bump(counter: &metrics::Counter, stat: &AtomicU64) {
     stat.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The counters of every message, kept in the actor during a burst and
+/// added to the metrics and stats at its end (see `Queue::publish`): two
+/// atomic adds per counter per burst instead of per message.
+#[derive(Default)]
+struct Counts {
+    enqueued: u64,
+    delivered: u64,
+    acked: u64,
+    /// Capacity permits to give back.
+    permits: usize,
+}
+
+/// Up to `BURST` items waiting in `rx`: `None` once it is closed and empty.
+fn burst<T>(
+    cx: &mut std::task::Context<'_>,
+    poll: impl FnOnce(&mut std::task::Context<'_>, &mut Vec<T>, usize) -> std::task::Poll<usize>,
+) -> std::task::Poll<Option<Vec<T>>> {
+    let mut items = Vec::new();
+    poll(cx, &mut items, BURST).map(|n| (n > 0).then_some(items))
+}
+
+/// Hashes a receipt: one multiply (receipts are a counter, so the low bits
+/// of the product already spread them over the buckets). SipHash would be
+/// a good part of an ack's cost.
+#[derive(Default)]
+struct ReceiptHasher(u64);
+
+impl Hasher for ReceiptHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// A point-to-point queue (see the [module docs](super)). Start one with
 /// [`Queue::start`]; use it through the returned [`QueueHandle`].
 pub struct Queue<T> {
@@ -130,7 +183,12 @@ pub struct Queue<T> {
     dlq: DlqHandle,
     source: DlqSource,
     ready: Ready<Body<T>>,
-    in_flight: BTreeMap<u64, InFlight<Body<T>>>,
+    in_flight: HashMap<u64, InFlight<Body<T>>, BuildHasherDefault<ReceiptHasher>>,
+    /// Receipts in delivery order, which is visibility-timeout order (the
+    /// timeout is the same for every delivery). Settled receipts are
+    /// skipped when they reach the front, and swept out when they pile up
+    /// behind one that is slow to settle.
+    deadlines: VecDeque<u64>,
     /// Deliveries that timed out, by receipt, with their consumer: it keeps
     /// the credit until it settles (late), so a stuck consumer is not sent
     /// more work that would only time out in its buffer.
@@ -144,6 +202,10 @@ pub struct Queue<T> {
     next_receipt: u64,
     next_seq: u64,
     epoch: Instant,
+    /// The queue's clock (µs since `epoch`), read once when a handler call
+    /// starts: every message of a burst is stamped with the same time.
+    now: u64,
+    counts: Counts,
     visibility_us: u64,
     samples_left: u32,
     metrics: Metrics,
@@ -268,8 +330,10 @@ where
         let actor_dlq = dlq.clone();
         let tick = config.tick;
         let create = move |ctx: &mut Context<Self>| {
-            ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-            ctx.add_stream(futures::stream::poll_fn(move |cx| settle_rx.poll_recv(cx)));
+            ctx.add_stream(futures::stream::poll_fn(move |cx| burst(cx, |cx, b, n| rx.poll_recv_many(cx, b, n))));
+            ctx.add_stream(futures::stream::poll_fn(move |cx| {
+                burst(cx, |cx, b, n| settle_rx.poll_recv_many(cx, b, n))
+            }));
             ctx.run_interval(tick, |act, ctx| act.tick(ctx));
             let aging_us = config.aging.map(|a| u64::try_from(a.as_micros()).unwrap_or(u64::MAX));
             Queue {
@@ -281,7 +345,8 @@ where
                 shared: actor_shared,
                 dlq: actor_dlq,
                 source,
-                in_flight: BTreeMap::new(),
+                in_flight: HashMap::default(),
+                deadlines: VecDeque::new(),
                 timed_out: HashMap::new(),
                 delayed: BTreeMap::new(),
                 histories: HashMap::new(),
@@ -292,6 +357,8 @@ where
                 next_receipt: 0,
                 next_seq: 0,
                 epoch: Instant::now(),
+                now: 0,
+                counts: Counts::default(),
                 samples_left: SAMPLES_PER_TICK,
                 store,
                 pending: Vec::new(),
@@ -352,7 +419,7 @@ fn load<T: QueueMessage>(
             };
             let mut env = envelope.with_payload(body);
             env.attempt = delivered.saturating_add(1);
-            let entry = Entry { env, enqueued_us: 0, seq };
+            let entry = Box::new(Entry { env, enqueued_us: 0, seq });
             if delivered >= config.max_deliveries {
                 Loaded::Exhausted(entry)
             } else {
@@ -411,6 +478,11 @@ where
         u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
+    /// Reads the clock for what this handler call does (see `now`).
+    fn stamp(&mut self) {
+        self.now = self.now_us();
+    }
+
     fn sample(&mut self) -> bool {
         if self.samples_left > 0 {
             self.samples_left -= 1;
@@ -420,8 +492,24 @@ where
         }
     }
 
-    fn publish_sizes(&self) {
+    /// Makes what the last handler call did visible: counters, permits
+    /// given back, sizes. Every handler call ends with it.
+    fn publish(&mut self) {
+        let counts = std::mem::take(&mut self.counts);
         let stats = &self.shared.stats;
+        for (n, counter, stat) in [
+            (counts.enqueued, &self.metrics.enqueued, &stats.enqueued),
+            (counts.delivered, &self.metrics.delivered, &stats.delivered),
+            (counts.acked, &self.metrics.acked, &stats.acked),
+        ] {
+            if n > 0 {
+                counter.increment(n);
+                stat.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if counts.permits > 0 {
+            self.shared.permits.add_permits(counts.permits);
+        }
         stats.depth.store((self.ready.len() + self.delayed.len()) as u64, Ordering::Relaxed);
         stats.in_flight.store(self.in_flight.len() as u64, Ordering::Relaxed);
     }
@@ -462,11 +550,13 @@ where
         self.note(seq, RowOp::Delete, ctx);
     }
 
+    /// Gives a place back (to senders at the end of the handler call:
+    /// `publish`).
     fn give_permit(&mut self) {
         if self.permit_debt > 0 {
             self.permit_debt -= 1;
         } else {
-            self.shared.permits.add_permits(1);
+            self.counts.permits += 1;
         }
     }
 
@@ -486,11 +576,10 @@ where
     /// Takes a message that holds a place: ready at once, or once
     /// committed on a durable queue.
     fn accept(&mut self, incoming: Incoming<T>, ctx: &mut Context<Self>) {
-        let Incoming { env, stored } = incoming;
-        self.count_ticket(&env.payload, true);
+        let Incoming { mut entry, stored } = incoming;
+        self.count_ticket(&entry.env.payload, true);
         // `store` stamps the time it becomes ready (after the commit, when
-        // durable): one clock read per message, not two.
-        let mut entry = Entry { env, enqueued_us: 0, seq: 0 };
+        // durable).
         match (stored, &self.store) {
             (Some((body, reply)), Some(_)) => {
                 entry.seq = self.next_row;
@@ -503,9 +592,9 @@ where
     }
 
     /// Makes an accepted (and, when durable, committed) message ready.
-    fn store(&mut self, mut entry: Entry<Body<T>>, ctx: &mut Context<Self>) {
-        bump(&self.metrics.enqueued, &self.shared.stats.enqueued);
-        entry.enqueued_us = self.now_us();
+    fn store(&mut self, mut entry: Box<Entry<Body<T>>>, ctx: &mut Context<Self>) {
+        self.counts.enqueued += 1;
+        entry.enqueued_us = self.now;
         if let Some(deadline) = entry.env.deadline {
             if entry.env.is_expired_at(Timestamp::now()) {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
@@ -514,20 +603,23 @@ where
             }
             self.expiry.push(Reverse((deadline, entry.env.id)));
         }
-        self.ready.push_back(entry);
+        self.ready.push_back(*entry);
     }
 
     /// A message that found the queue full under `drop_oldest` or
     /// `dead_letter`.
     fn overflow(&mut self, incoming: Incoming<T>, ctx: &mut Context<Self>) {
-        // Room may have been made since the sender looked.
+        // Room may have been made since the sender looked (in this burst
+        // too: places given back and messages the consumers can take now).
+        self.dispatch(ctx);
+        self.publish();
         if self.shared.permits.try_acquire().map(|p| p.forget()).is_ok() {
             return self.accept(incoming, ctx);
         }
         let policy = self.config.overflow;
         // The victim gives its place (and its permit) to the newcomer.
         let victim = if policy == OverflowPolicy::DropOldest || self.config.priority {
-            self.ready.evict_for(&incoming.env)
+            self.ready.evict_for(&incoming.entry.env).map(Box::new)
         } else {
             None
         };
@@ -535,9 +627,10 @@ where
         let (out, keep, reply) = match victim {
             Some(old) => (old, Some(incoming), None),
             None => {
-                let Incoming { env, stored } = incoming;
-                self.count_ticket(&env.payload, true);
-                (Entry { env, enqueued_us: self.now_us(), seq: 0 }, None, stored.map(|(_, reply)| reply))
+                let Incoming { mut entry, stored } = incoming;
+                self.count_ticket(&entry.env.payload, true);
+                entry.enqueued_us = self.now;
+                (entry, None, stored.map(|(_, reply)| reply))
             }
         };
         if policy == OverflowPolicy::DropOldest {
@@ -610,6 +703,7 @@ where
         };
         ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
             act.writing = false;
+            act.stamp();
             match res {
                 Ok(()) => {
                     for p in pending {
@@ -640,7 +734,7 @@ where
             }
             act.flush(ctx);
             act.dispatch(ctx);
-            act.publish_sizes();
+            act.publish();
         }));
     }
 
@@ -678,9 +772,14 @@ where
         None
     }
 
-    fn remove_consumer(&mut self, id: u64) {
+    fn remove_consumer(&mut self, id: u64, ctx: &mut Context<Self>) {
         self.timed_out.retain(|_, c| *c != id);
         if let Some(idx) = self.consumers.iter().position(|s| s.id == id) {
+            // Its acks held back count first (they give its credit back);
+            // later ones come one by one.
+            for receipt in self.consumers[idx].link.take(true) {
+                self.settle(Settle::Ack(receipt), ctx);
+            }
             let slot = self.consumers.remove(idx);
             self.credit -= slot.prefetch.saturating_sub(slot.outstanding);
         }
@@ -697,29 +796,29 @@ where
         if self.credit == 0 || self.ready.len() == 0 {
             return;
         }
-        let now = self.now_us();
+        let now = self.now;
         while self.credit > 0 {
             let Some((entry, key)) = self.ready.pop(now) else { break };
             if entry.env.deadline.is_some() && entry.env.is_expired() {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
-                self.dead_letter(entry, FailureReason::Expired, true, ctx);
+                self.dead_letter(Box::new(entry), FailureReason::Expired, true, ctx);
                 self.release(key);
                 continue;
             }
             let Some(idx) = self.next_consumer() else {
-                self.requeue_front(entry, key);
+                self.requeue_front(Box::new(entry), key);
                 break;
             };
             self.next_receipt += 1;
             let receipt = self.next_receipt;
-            let delivery = Delivery::new(entry.env.clone(), receipt, self.shared.settle.clone());
             let slot = &mut self.consumers[idx];
-            match slot.tx.try_send(delivery) {
+            let handed = Handed::of(&entry.env, receipt, &slot.link);
+            match slot.tx.try_send(handed) {
                 Ok(()) => {
                     slot.outstanding += 1;
                     let consumer = slot.id;
                     self.credit -= 1;
-                    bump(&self.metrics.delivered, &self.shared.stats.delivered);
+                    self.counts.delivered += 1;
                     if self.sample() {
                         let waited = now.saturating_sub(entry.enqueued_us);
                         self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
@@ -727,6 +826,7 @@ where
                     let due_us = now.saturating_add(self.visibility_us);
                     let (seq, attempt) = (entry.seq, entry.env.attempt);
                     self.in_flight.insert(receipt, InFlight { entry, consumer, due_us, delivered_us: now, key });
+                    self.deadlines.push_back(receipt);
                     // Recorded before the handler can crash the process,
                     // so max_deliveries holds across restarts.
                     self.note(seq, RowOp::Delivered(attempt), ctx);
@@ -734,18 +834,17 @@ where
                 Err(e) => {
                     // The consumer is gone (or out of step): take the
                     // delivery back without counting a failure.
-                    let _ = e.into_inner().disarm();
+                    e.into_inner().settler().disarm();
                     let id = slot.id;
-                    self.remove_consumer(id);
-                    self.requeue_front(entry, key);
+                    self.remove_consumer(id, ctx);
+                    self.requeue_front(Box::new(entry), key);
                 }
             }
         }
-        self.publish_sizes();
     }
 
-    fn requeue_front(&mut self, entry: Entry<Body<T>>, key: Option<Key>) {
-        self.ready.push_front(entry);
+    fn requeue_front(&mut self, entry: Box<Entry<Body<T>>>, key: Option<Key>) {
+        self.ready.push_front(*entry);
         self.release(key);
     }
 
@@ -758,7 +857,7 @@ where
     /// A delivery failed: retry it or, out of attempts, dead-letter it.
     fn fail(
         &mut self,
-        mut entry: Entry<Body<T>>,
+        mut entry: Box<Entry<Body<T>>>,
         key: Option<Key>,
         reason: FailureReason,
         delay: Option<Duration>,
@@ -782,7 +881,7 @@ where
             return self.requeue_front(entry, key);
         }
         self.next_seq += 1;
-        let due = self.now_us().saturating_add(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX));
+        let due = self.now.saturating_add(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX));
         // A keyed message stays its key's turn while it waits: order holds.
         self.delayed.insert((due, self.next_seq), Delayed { entry, key });
     }
@@ -792,7 +891,7 @@ where
     /// ticket: the DLQ entry holds the ticket, not the payload.
     fn dead_letter(
         &mut self,
-        entry: Entry<Body<T>>,
+        entry: Box<Entry<Body<T>>>,
         reason: FailureReason,
         holds_permit: bool,
         ctx: &mut Context<Self>,
@@ -804,7 +903,7 @@ where
     /// send dead-lettered at once) once the DLQ has it.
     fn dead_letter_then(
         &mut self,
-        entry: Entry<Body<T>>,
+        entry: Box<Entry<Body<T>>>,
         reason: FailureReason,
         holds_permit: bool,
         reply: Option<Committed>,
@@ -858,22 +957,31 @@ where
                 act.give_permit();
             }
             act.shared.stats.pending_dead_letters.fetch_sub(1, Ordering::Relaxed);
+            act.publish();
         }));
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let now = self.now_us();
+        self.stamp();
+        let now = self.now;
+        // Acks held back by consumers first: they may settle deliveries
+        // that would time out below.
+        self.take_held_acks(ctx);
         // Visibility timeouts: the timeout is the same for every delivery, so
         // deliveries (keyed by receipt) time out in receipt order.
-        while let Some(entry) = self.in_flight.first_entry() {
-            if entry.get().due_us > now {
+        while let Some(&receipt) = self.deadlines.front() {
+            if self.in_flight.get(&receipt).is_some_and(|f| f.due_us > now) {
                 break;
             }
-            let receipt = *entry.key();
-            let f = entry.remove();
+            self.deadlines.pop_front();
+            let Some(f) = self.in_flight.remove(&receipt) else { continue };
             self.timed_out.insert(receipt, f.consumer);
             bump(&self.metrics.timeouts, &self.shared.stats.timeouts);
-            self.fail(f.entry, f.key, FailureReason::Timeout, None, ctx);
+            self.fail(Box::new(f.entry), f.key, FailureReason::Timeout, None, ctx);
+        }
+        if self.deadlines.len() > 2 * self.in_flight.len() + 1024 {
+            let live = &self.in_flight;
+            self.deadlines.retain(|r| live.contains_key(r));
         }
         // Retries whose delay is over go back to the front.
         while let Some(entry) = self.delayed.first_entry() {
@@ -891,7 +999,7 @@ where
         self.metrics.depth.set((self.ready.len() + self.delayed.len()) as f64);
         self.metrics.in_flight.set(self.in_flight.len() as f64);
         self.dispatch(ctx);
-        self.publish_sizes();
+        self.publish();
     }
 
     /// Dead-letters every waiting message whose deadline passed, wherever it
@@ -907,7 +1015,7 @@ where
             }
             self.expiry.pop();
             let found = match self.ready.remove(id) {
-                Some((entry, _)) => Some((entry, None)),
+                Some((entry, _)) => Some((Box::new(entry), None)),
                 None => {
                     let at = self.delayed.iter().find(|(_, d)| d.entry.env.id == id).map(|(k, _)| *k);
                     at.and_then(|k| self.delayed.remove(&k)).map(|d| (d.entry, d.key))
@@ -924,7 +1032,7 @@ where
         // when they dominate.
         let waiting = self.ready.len() + self.delayed.len();
         if self.expiry.len() > 2 * waiting + 1024 {
-            let live = self.ready.iter().chain(self.delayed.values().map(|d| &d.entry));
+            let live = self.ready.iter().chain(self.delayed.values().map(|d| &*d.entry));
             self.expiry = live.filter_map(|e| e.env.deadline.map(|d| Reverse((d, e.env.id)))).collect();
         }
     }
@@ -932,10 +1040,18 @@ where
     fn settle(&mut self, settle: Settle, ctx: &mut Context<Self>) {
         let settle = match settle {
             Settle::Close(id) => {
-                self.remove_consumer(id);
+                self.remove_consumer(id, ctx);
+                return;
+            }
+            Settle::Acks(receipts) => {
+                for receipt in receipts {
+                    self.settle(Settle::Ack(receipt), ctx);
+                }
                 return;
             }
             Settle::Flush(waiter) => {
+                // "Everything done so far" includes acks held back.
+                self.take_held_acks(ctx);
                 if self.store.is_some() {
                     self.flush_waiters.push(waiter);
                     self.schedule_flush(ctx);
@@ -951,7 +1067,7 @@ where
             Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } | Settle::Unclaimable { receipt, .. } => {
                 *receipt
             }
-            Settle::Close(_) | Settle::Flush(_) => return,
+            Settle::Close(_) | Settle::Acks(_) | Settle::Flush(_) => return,
         };
         let Some(f) = self.in_flight.remove(&receipt) else {
             // Settled after its visibility timeout: the message was already
@@ -966,9 +1082,9 @@ where
         self.credit_back(f.consumer);
         match settle {
             Settle::Ack(_) => {
-                bump(&self.metrics.acked, &self.shared.stats.acked);
+                self.counts.acked += 1;
                 if self.sample() {
-                    let took = self.now_us().saturating_sub(f.delivered_us);
+                    let took = self.now.saturating_sub(f.delivered_us);
                     self.metrics.latency.record(Duration::from_micros(took).as_secs_f64());
                 }
                 if !self.histories.is_empty() {
@@ -980,33 +1096,42 @@ where
             }
             Settle::Nack { reason, delay, .. } => {
                 bump(&self.metrics.nacked, &self.shared.stats.nacked);
-                self.fail(f.entry, f.key, reason, delay, ctx);
+                self.fail(Box::new(f.entry), f.key, reason, delay, ctx);
             }
             Settle::Reject { reason, .. } => {
                 let attempt = f.entry.env.attempt;
                 self.histories.entry(f.entry.env.id).or_default().push(FailureRecord::now(attempt, &reason));
-                self.dead_letter(f.entry, reason, true, ctx);
+                self.dead_letter(Box::new(f.entry), reason, true, ctx);
                 self.release(f.key);
             }
             Settle::Expired(_) => {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
-                self.dead_letter(f.entry, FailureReason::Expired, true, ctx);
+                self.dead_letter(Box::new(f.entry), FailureReason::Expired, true, ctx);
                 self.release(f.key);
             }
             Settle::Unclaimable { reason, .. } => {
                 bump(&self.metrics.claim_failures, &self.shared.stats.claim_failures);
                 let attempt = f.entry.env.attempt;
                 self.histories.entry(f.entry.env.id).or_default().push(FailureRecord::now(attempt, &reason));
-                self.dead_letter(f.entry, reason, true, ctx);
+                self.dead_letter(Box::new(f.entry), reason, true, ctx);
                 self.release(f.key);
             }
             Settle::Release(_) => {
                 // Never seen by a handler: the attempt does not count.
                 let (seq, attempt) = (f.entry.seq, f.entry.env.attempt);
                 self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)), ctx);
-                self.requeue_front(f.entry, f.key);
+                self.requeue_front(Box::new(f.entry), f.key);
             }
-            Settle::Close(_) | Settle::Flush(_) => {}
+            Settle::Close(_) | Settle::Acks(_) | Settle::Flush(_) => {}
+        }
+    }
+
+    /// Applies the acks every consumer holds back (see `Link`).
+    fn take_held_acks(&mut self, ctx: &mut Context<Self>) {
+        for idx in 0..self.consumers.len() {
+            for receipt in self.consumers[idx].link.take(false) {
+                self.settle(Settle::Ack(receipt), ctx);
+            }
         }
     }
 }
@@ -1028,26 +1153,30 @@ where
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.stamp();
         self.take_loaded(ctx);
-        self.publish_sizes();
+        self.publish();
     }
 }
 
-impl<T> StreamHandler<Cmd<T>> for Queue<T>
+impl<T> StreamHandler<Vec<Cmd<T>>> for Queue<T>
 where
     T: QueueMessage,
 {
-    fn handle(&mut self, cmd: Cmd<T>, ctx: &mut Context<Self>) {
-        match cmd {
-            Cmd::Enqueue(incoming) => self.accept(incoming, ctx),
-            Cmd::Overflow(incoming) => self.overflow(incoming, ctx),
-            Cmd::Subscribe { id, tx, prefetch } => {
-                self.consumers.push(Slot { id, tx, prefetch, outstanding: 0 });
-                self.credit += prefetch;
+    fn handle(&mut self, cmds: Vec<Cmd<T>>, ctx: &mut Context<Self>) {
+        self.stamp();
+        for cmd in cmds {
+            match cmd {
+                Cmd::Enqueue(incoming) => self.accept(incoming, ctx),
+                Cmd::Overflow(incoming) => self.overflow(incoming, ctx),
+                Cmd::Subscribe { tx, prefetch, link } => {
+                    self.consumers.push(Slot { id: link.consumer, tx, prefetch, outstanding: 0, link });
+                    self.credit += prefetch;
+                }
             }
         }
         self.dispatch(ctx);
-        self.publish_sizes();
+        self.publish();
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {
@@ -1056,15 +1185,99 @@ where
     }
 }
 
-impl<T> StreamHandler<Settle> for Queue<T>
+impl<T> StreamHandler<Vec<Settle>> for Queue<T>
 where
     T: QueueMessage,
 {
-    fn handle(&mut self, settle: Settle, ctx: &mut Context<Self>) {
-        self.settle(settle, ctx);
+    fn handle(&mut self, settles: Vec<Settle>, ctx: &mut Context<Self>) {
+        self.stamp();
+        for settle in settles {
+            self.settle(settle, ctx);
+        }
         self.dispatch(ctx);
-        self.publish_sizes();
+        self.publish();
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlq::DlqSink;
+
+    async fn until(what: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !what() {
+            assert!(start.elapsed() < Duration::from_secs(10), "condition not reached");
+            actix_rt::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn config(name: &str, tick: Duration) -> QueueConfig {
+        QueueConfig { tick, ..QueueConfig::named(name) }
+    }
+
+    #[test]
+    fn acks_held_by_a_dropped_consumer_still_count() {
+        actix_rt::System::new().block_on(async {
+            // No tick for an hour: only the drop can hand the ack over.
+            let q = Queue::<u32>::start(config("held-drop", Duration::from_secs(3600)), DlqSink::in_memory()).unwrap();
+            let mut c = q.consumer(8).await.unwrap();
+            for i in 0..4 {
+                q.send(i).await.unwrap();
+            }
+            let d = c.recv().await.unwrap();
+            assert_eq!(*d.payload(), 0);
+            // Three more wait in the consumer: the ack is held back.
+            d.ack();
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(q.stats().acked, 0);
+            drop(c);
+            until(|| q.stats().acked == 1 && q.depth() == 3 && q.in_flight() == 0).await;
+            let s = q.stats();
+            assert_eq!((s.nacked, s.redelivered, s.stale_settles), (0, 0, 0));
+        });
+    }
+
+    #[test]
+    fn acks_held_back_are_applied_at_the_next_tick() {
+        actix_rt::System::new().block_on(async {
+            let q = Queue::<u32>::start(config("held-tick", Duration::from_millis(5)), DlqSink::in_memory()).unwrap();
+            let mut c = q.consumer(8).await.unwrap();
+            q.send(1).await.unwrap();
+            q.send(2).await.unwrap();
+            c.recv().await.unwrap().ack();
+            // The consumer never asks for the second one.
+            until(|| q.stats().acked == 1).await;
+            assert_eq!(q.in_flight(), 1);
+            drop(c);
+        });
+    }
+
+    #[test]
+    fn a_batch_of_acks_with_a_stale_receipt_counts_it_and_settles_the_rest() {
+        actix_rt::System::new().block_on(async {
+            let config = QueueConfig {
+                visibility_timeout: Duration::from_millis(30),
+                retry: super::super::RetryPolicy::IMMEDIATE,
+                ..config("held-stale", Duration::from_millis(5))
+            };
+            let q = Queue::<u32>::start(config, DlqSink::in_memory()).unwrap();
+            let mut c = q.consumer(2).await.unwrap();
+            q.send(7).await.unwrap();
+            let (_, mut first) = c.recv().await.unwrap().into_parts();
+            first.disarm();
+            // Timed out and delivered again (the consumer kept its credit).
+            let (env, mut again) = c.recv().await.unwrap().into_parts();
+            again.disarm();
+            assert_eq!(env.attempt, 2);
+            let sent = q.shared.settle.send(Settle::Acks(vec![first.receipt(), again.receipt()]));
+            assert!(sent.is_ok());
+            until(|| q.stats().acked == 1).await;
+            let s = q.stats();
+            assert_eq!((s.stale_settles, s.timeouts, s.depth, s.in_flight), (1, 1, 0, 0));
+            drop(c);
+        });
+    }
 }

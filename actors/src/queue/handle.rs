@@ -1,7 +1,7 @@
 //! The sending side of a queue, its consumers and their deliveries.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::ready::Entry;
 use super::store::StoredBody;
 use super::QueueError;
 use crate::backpressure::OverflowPolicy;
@@ -134,7 +135,10 @@ pub(crate) type Committed = oneshot::Sender<Result<(), QueueError>>;
 
 /// A message for the actor; `stored` is set for durable queues.
 pub(crate) struct Incoming<T> {
-    pub(crate) env: Envelope<Body<T>>,
+    /// Boxed once here: the queue then moves a pointer (through its channel
+    /// and its in-flight table), not the whole envelope, several times per
+    /// message.
+    pub(crate) entry: Box<Entry<Body<T>>>,
     pub(crate) stored: Option<(StoredBody, Committed)>,
 }
 
@@ -146,13 +150,15 @@ pub(crate) enum Cmd<T> {
     /// `dead_letter`): the actor applies the policy.
     Overflow(Incoming<T>),
     /// A new consumer.
-    Subscribe { id: u64, tx: mpsc::Sender<Delivery<Body<T>>>, prefetch: usize },
+    Subscribe { tx: mpsc::Sender<Handed<T>>, prefetch: usize, link: Arc<Link> },
 }
 
 /// How a delivery (or a consumer) ends, sent to the queue actor.
 #[derive(Debug)]
 pub(crate) enum Settle {
     Ack(u64),
+    /// Acks a consumer held back (see [`Link`]).
+    Acks(Vec<u64>),
     Nack {
         receipt: u64,
         reason: FailureReason,
@@ -348,7 +354,12 @@ impl<T: Send + 'static> QueueHandle<T> {
         // that gives the place back instead of leaking it. The actor gives it
         // back once the message leaves.
         let (overflow, permit) = if shared.policy == OverflowPolicy::Block {
-            match shared.permits.acquire().await {
+            // The wait (and its waiter node) only when the queue is full.
+            let permit = match shared.permits.try_acquire() {
+                Ok(p) => Ok(p),
+                Err(_) => shared.permits.acquire().await,
+            };
+            match permit {
                 Ok(p) => (false, Some(p)),
                 Err(_) => return Err(self.closed()),
             }
@@ -388,9 +399,15 @@ impl<T: Send + 'static> QueueHandle<T> {
             }
             None => (None, None),
         };
-        let incoming = Incoming { env, stored };
+        let incoming = Incoming { entry: Box::new(Entry { env, enqueued_us: 0, seq: 0 }), stored };
         let cmd = if overflow { Cmd::Overflow(incoming) } else { Cmd::Enqueue(incoming) };
-        if self.tx.send(cmd).await.is_err() {
+        // As above: the awaiting send only when the channel is full.
+        let sent = match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(cmd)) => self.tx.send(cmd).await.map_err(drop),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        };
+        if sent.is_err() {
             self.release_ticket(ticket);
             return Err(self.closed());
         }
@@ -469,15 +486,18 @@ impl<T: Send + 'static> QueueHandle<T> {
         let prefetch = prefetch.max(1);
         let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(prefetch);
-        self.tx.send(Cmd::Subscribe { id, tx, prefetch }).await.map_err(|_| self.closed())?;
-        Ok(Consumer {
-            id,
-            rx,
-            settle: self.shared.settle.clone(),
-            closed: false,
-            typed: Arc::clone(&self.typed),
-            stash: None,
-        })
+        let link = Arc::new(Link {
+            consumer: id,
+            tx: self.shared.settle.clone(),
+            acks: Mutex::default(),
+            more: AtomicBool::new(false),
+            // Half the prefetch: the queue refills the consumer's buffer
+            // before it runs dry.
+            batch: (prefetch / 2).clamp(1, MAX_HELD_ACKS),
+        });
+        let subscribe = Cmd::Subscribe { tx, prefetch, link: Arc::clone(&link) };
+        self.tx.send(subscribe).await.map_err(|_| self.closed())?;
+        Ok(Consumer { id, rx, link, closed: false, typed: Arc::clone(&self.typed), stash: None })
     }
 
     /// The queue's counters and sizes.
@@ -518,13 +538,13 @@ impl<T: Send + 'static> QueueHandle<T> {
 /// reason `claim_check` and skipped.
 pub struct Consumer<T> {
     id: u64,
-    rx: mpsc::Receiver<Delivery<Body<T>>>,
-    settle: mpsc::UnboundedSender<Settle>,
+    rx: mpsc::Receiver<Handed<T>>,
+    link: Arc<Link>,
     closed: bool,
     typed: Arc<Typed<T>>,
     /// A delivery being claimed: kept here across the claim's await, so a
     /// `recv` cancelled mid-claim (in a `select!`) loses nothing.
-    stash: Option<Delivery<Body<T>>>,
+    stash: Option<Handed<T>>,
 }
 
 impl<T> std::fmt::Debug for Consumer<T> {
@@ -539,18 +559,27 @@ impl<T> Consumer<T> {
     /// be claimed are dead-lettered here, never returned.
     pub async fn recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let d = match self.stash.take() {
-                Some(d) => d,
-                None => self.rx.recv().await?,
+            let handed = match self.stash.take() {
+                Some(h) => h,
+                None => match self.rx.try_recv() {
+                    Ok(h) => h,
+                    Err(_) => {
+                        // About to wait: what was held back goes now.
+                        self.link.flush();
+                        self.rx.recv().await?
+                    }
+                },
             };
-            let Some(d) = Self::fresh(d) else { continue };
-            let (d, ticket) = match d.open() {
-                Opened::Ready(d) => return Some(d),
-                Opened::Ticket(d, ticket) => (d, ticket),
+            self.link.more.store(!self.rx.is_empty(), Ordering::Relaxed);
+            let (d, ticket) = match Self::fresh(handed) {
+                Some(Handed::Ready(d)) => return Some(d),
+                Some(Handed::Ticket(d, ticket)) => (d, ticket),
+                None => continue,
             };
-            self.stash = Some(d);
-            let claimed = claim(&self.typed, &ticket).await;
-            let Some(d) = self.stash.take() else { continue };
+            let copy = *ticket;
+            self.stash = Some(Handed::Ticket(d, ticket));
+            let claimed = claim(&self.typed, &copy).await;
+            let Some(Handed::Ticket(d, _)) = self.stash.take() else { continue };
             if let Some(d) = Self::claimed(d, claimed) {
                 return Some(d);
             }
@@ -562,19 +591,26 @@ impl<T> Consumer<T> {
     /// here: it stays first in line for the next [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let d = match self.stash.take() {
-                Some(d) => d,
-                None => self.rx.try_recv().ok()?,
+            let handed = match self.stash.take() {
+                Some(h) => h,
+                None => match self.rx.try_recv() {
+                    Ok(h) => h,
+                    Err(_) => {
+                        self.link.flush();
+                        return None;
+                    }
+                },
             };
-            let Some(d) = Self::fresh(d) else { continue };
-            let (d, ticket) = match d.open() {
-                Opened::Ready(d) => return Some(d),
-                Opened::Ticket(d, ticket) => (d, ticket),
+            self.link.more.store(!self.rx.is_empty(), Ordering::Relaxed);
+            let (d, ticket) = match Self::fresh(handed) {
+                Some(Handed::Ready(d)) => return Some(d),
+                Some(Handed::Ticket(d, ticket)) => (d, ticket),
+                None => continue,
             };
             let blocking = self.typed.claim.as_ref().is_some_and(|c| c.claims.backend().blocking());
             let claimed = if blocking { None } else { claim(&self.typed, &ticket).now_or_never() };
             let Some(claimed) = claimed else {
-                self.stash = Some(d);
+                self.stash = Some(Handed::Ticket(d, ticket));
                 return None;
             };
             if let Some(d) = Self::claimed(d, claimed) {
@@ -583,15 +619,19 @@ impl<T> Consumer<T> {
         }
     }
 
-    fn fresh(mut d: Delivery<Body<T>>) -> Option<Delivery<Body<T>>> {
-        if d.envelope.deadline.is_some() && d.envelope.is_expired() {
-            d.settler.send(Settle::Expired);
+    fn fresh(mut h: Handed<T>) -> Option<Handed<T>> {
+        let expired = match &h {
+            Handed::Ready(d) => d.envelope.deadline.is_some() && d.envelope.is_expired(),
+            Handed::Ticket(d, _) => d.envelope.deadline.is_some() && d.envelope.is_expired(),
+        };
+        if expired {
+            h.settler().send(Settle::Expired);
             return None;
         }
-        Some(d)
+        Some(h)
     }
 
-    fn claimed(d: Delivery<Body<T>>, claimed: Result<T, FailureReason>) -> Option<Delivery<T>> {
+    fn claimed(d: Delivery<()>, claimed: Result<T, FailureReason>) -> Option<Delivery<T>> {
         match claimed {
             Ok(payload) => Some(d.with_payload(payload)),
             Err(reason) => {
@@ -608,7 +648,8 @@ impl<T> Consumer<T> {
     pub fn close(&mut self) {
         if !self.closed {
             self.closed = true;
-            let _ = self.settle.send(Settle::Close(self.id));
+            self.link.flush();
+            let _ = self.link.tx.send(Settle::Close(self.id));
         }
     }
 }
@@ -631,11 +672,11 @@ impl<T> Drop for Consumer<T> {
         // The queue stops sending to this consumer; deliveries still
         // buffered were never seen by a handler and go back as they were.
         self.close();
-        if let Some(mut d) = self.stash.take() {
-            d.settler.send(Settle::Release);
+        if let Some(mut h) = self.stash.take() {
+            h.settler().send(Settle::Release);
         }
-        while let Ok(mut d) = self.rx.try_recv() {
-            d.settler.send(Settle::Release);
+        while let Ok(mut h) = self.rx.try_recv() {
+            h.settler().send(Settle::Release);
         }
     }
 }
@@ -649,8 +690,78 @@ impl<T> Drop for Consumer<T> {
 #[derive(Debug)]
 pub struct Settler {
     receipt: u64,
-    tx: mpsc::UnboundedSender<Settle>,
+    link: Arc<Link>,
     done: bool,
+}
+
+/// Most acks a consumer holds back before sending them together.
+const MAX_HELD_ACKS: usize = 64;
+
+/// How the deliveries of one consumer settle: shared by their settlers,
+/// the consumer and the queue actor.
+///
+/// Acks are held back while the consumer has more deliveries waiting, and
+/// go to the queue together (one message, one wake-up of the queue's
+/// thread) when `batch` of them piled up, when the consumer is about to
+/// wait or is closed, or at the queue's next tick, whichever comes first.
+/// So an ack is never lost and reaches the queue within a tick (before
+/// that tick looks at visibility timeouts). Once the queue closed the link
+/// (the consumer went away), acks go straight to it. Other settles always
+/// go at once.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) consumer: u64,
+    tx: mpsc::UnboundedSender<Settle>,
+    acks: Mutex<HeldAcks>,
+    /// The consumer had more deliveries waiting when it last took one.
+    more: AtomicBool,
+    batch: usize,
+}
+
+#[derive(Debug, Default)]
+struct HeldAcks {
+    receipts: Vec<u64>,
+    closed: bool,
+}
+
+impl Link {
+    fn held(&self) -> std::sync::MutexGuard<'_, HeldAcks> {
+        // Nothing panics while holding it: a poisoned lock is still sound.
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ack(&self, receipt: u64) {
+        let send = {
+            let mut held = self.held();
+            if held.closed {
+                Settle::Ack(receipt)
+            } else {
+                held.receipts.push(receipt);
+                if held.receipts.len() < self.batch && self.more.load(Ordering::Relaxed) {
+                    return;
+                }
+                Settle::Acks(std::mem::take(&mut held.receipts))
+            }
+        };
+        // A queue that is gone needs no answer.
+        let _ = self.tx.send(send);
+    }
+
+    /// Sends the acks held back.
+    fn flush(&self) {
+        let receipts = std::mem::take(&mut self.held().receipts);
+        if !receipts.is_empty() {
+            let _ = self.tx.send(Settle::Acks(receipts));
+        }
+    }
+
+    /// The queue actor takes the acks held back; with `close`, later acks
+    /// come to it one by one.
+    pub(crate) fn take(&self, close: bool) -> Vec<u64> {
+        let mut held = self.held();
+        held.closed |= close;
+        std::mem::take(&mut held.receipts)
+    }
 }
 
 impl Settler {
@@ -658,7 +769,7 @@ impl Settler {
         if !self.done {
             self.done = true;
             // A queue that is gone needs no answer.
-            let _ = self.tx.send(f(self.receipt));
+            let _ = self.link.tx.send(f(self.receipt));
         }
     }
 
@@ -674,7 +785,10 @@ impl Settler {
 
     /// Done: the message leaves the queue.
     pub fn ack(mut self) {
-        self.send(Settle::Ack);
+        if !self.done {
+            self.done = true;
+            self.link.ack(self.receipt);
+        }
     }
 
     /// Failed: retried by the queue's retry policy, dead-lettered after
@@ -720,43 +834,64 @@ impl Drop for Settler {
 /// attempt.
 #[derive(Debug)]
 pub struct Delivery<T> {
-    envelope: Envelope<T>,
+    /// Boxed: moved through the consumer's channel and `recv` as a pointer.
+    envelope: Box<Envelope<T>>,
     settler: Settler,
 }
 
-/// A delivery as the queue sent it: ready, or waiting for its claim.
-enum Opened<T> {
+/// What the queue hands a consumer: a delivery as it will be returned, or
+/// the envelope and ticket of one whose payload the consumer claims first.
+#[derive(Debug)]
+pub(crate) enum Handed<T> {
     Ready(Delivery<T>),
-    Ticket(Delivery<Body<T>>, Ticket),
+    Ticket(Delivery<()>, Box<Ticket>),
 }
 
-impl<T> Delivery<Body<T>> {
-    fn open(self) -> Opened<T> {
-        let Delivery { envelope, settler } = self;
-        let (meta, body) = envelope.split();
-        match body {
-            Body::Inline(t) => Opened::Ready(Delivery { envelope: meta.with_payload(t), settler }),
-            Body::Claimed(ticket) => {
-                let copy = *ticket;
-                Opened::Ticket(Delivery { envelope: meta.with_payload(Body::Claimed(ticket)), settler }, copy)
-            }
+impl<T: Clone> Handed<T> {
+    /// A delivery of a copy of `env` (the queue keeps the original until
+    /// the delivery is settled).
+    pub(crate) fn of(env: &Envelope<Body<T>>, receipt: u64, link: &Arc<Link>) -> Self {
+        let link = Arc::clone(link);
+        match &env.payload {
+            Body::Inline(t) => Handed::Ready(Delivery::new(boxed_copy(env, t.clone()), receipt, link)),
+            Body::Claimed(ticket) => Handed::Ticket(Delivery::new(boxed_copy(env, ()), receipt, link), ticket.clone()),
+        }
+    }
+}
+
+/// `env`'s metadata around `payload`, built in its box.
+fn boxed_copy<P, U>(env: &Envelope<P>, payload: U) -> Box<Envelope<U>> {
+    Box::new(Envelope {
+        id: env.id,
+        correlation_id: env.correlation_id,
+        causation_id: env.causation_id,
+        created_at: env.created_at,
+        deadline: env.deadline,
+        priority: env.priority,
+        attempt: env.attempt,
+        headers: env.headers.clone(),
+        payload,
+    })
+}
+
+impl<T> Handed<T> {
+    pub(crate) fn settler(&mut self) -> &mut Settler {
+        match self {
+            Handed::Ready(d) => &mut d.settler,
+            Handed::Ticket(d, _) => &mut d.settler,
         }
     }
 }
 
 impl<T> Delivery<T> {
-    pub(crate) fn new(envelope: Envelope<T>, receipt: u64, tx: mpsc::UnboundedSender<Settle>) -> Self {
-        Delivery { envelope, settler: Settler { receipt, tx, done: false } }
-    }
-
-    pub(crate) fn disarm(mut self) -> Envelope<T> {
-        self.settler.disarm();
-        self.envelope
+    fn new(envelope: Box<Envelope<T>>, receipt: u64, link: Arc<Link>) -> Self {
+        Delivery { envelope, settler: Settler { receipt, link, done: false } }
     }
 
     fn with_payload<U>(self, payload: U) -> Delivery<U> {
         let Delivery { envelope, settler } = self;
-        Delivery { envelope: envelope.map(|_| payload), settler }
+        let (meta, _) = envelope.split();
+        Delivery { envelope: Box::new(meta.with_payload(payload)), settler }
     }
 
     /// The envelope (its `attempt` is this delivery's attempt).
@@ -787,7 +922,7 @@ impl<T> Delivery<T> {
     /// The envelope and the settler, apart (to move the payload into a
     /// handler and settle after).
     pub fn into_parts(self) -> (Envelope<T>, Settler) {
-        (self.envelope, self.settler)
+        (*self.envelope, self.settler)
     }
 
     /// Done: the message leaves the queue.

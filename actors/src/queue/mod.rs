@@ -21,6 +21,10 @@
 //!
 //! - **Credit.** A consumer is given at most `prefetch` unsettled deliveries;
 //!   settling one makes room for the next. Consumers are served round-robin.
+//!   While a consumer has more deliveries waiting, its acks go to the queue
+//!   together: once half its prefetch (at most 64) piled up, when it is
+//!   about to wait or goes away, or at the queue's next tick, whichever is
+//!   first (never after a visibility timeout that the tick then applies).
 //! - **Visibility timeout.** A delivery not settled within
 //!   [`QueueConfig::visibility_timeout`] counts as failed (`timeout`) and the
 //!   message is delivered again with `attempt + 1`. A settle that arrives
