@@ -806,7 +806,7 @@ where
                 continue;
             }
             let Some(idx) = self.next_consumer() else {
-                self.requeue_front(Box::new(entry), key);
+                self.requeue_front(entry, key);
                 break;
             };
             self.next_receipt += 1;
@@ -837,14 +837,14 @@ where
                     e.into_inner().settler().disarm();
                     let id = slot.id;
                     self.remove_consumer(id, ctx);
-                    self.requeue_front(Box::new(entry), key);
+                    self.requeue_front(entry, key);
                 }
             }
         }
     }
 
-    fn requeue_front(&mut self, entry: Box<Entry<Body<T>>>, key: Option<Key>) {
-        self.ready.push_front(*entry);
+    fn requeue_front(&mut self, entry: Entry<Body<T>>, key: Option<Key>) {
+        self.ready.push_front(entry);
         self.release(key);
     }
 
@@ -878,7 +878,7 @@ where
         bump(&self.metrics.redelivered, &self.shared.stats.redelivered);
         let delay = delay.unwrap_or_else(|| self.config.retry.delay(attempt, rand::random::<f64>()));
         if delay.is_zero() {
-            return self.requeue_front(entry, key);
+            return self.requeue_front(*entry, key);
         }
         self.next_seq += 1;
         let due = self.now.saturating_add(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX));
@@ -989,7 +989,7 @@ where
                 break;
             }
             let d = entry.remove();
-            self.requeue_front(d.entry, d.key);
+            self.requeue_front(*d.entry, d.key);
         }
         self.expire(ctx);
         if !self.ops.is_empty() {
@@ -1120,7 +1120,7 @@ where
                 // Never seen by a handler: the attempt does not count.
                 let (seq, attempt) = (f.entry.seq, f.entry.env.attempt);
                 self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)), ctx);
-                self.requeue_front(Box::new(f.entry), f.key);
+                self.requeue_front(f.entry, f.key);
             }
             Settle::Close(_) | Settle::Acks(_) | Settle::Flush(_) => {}
         }
