@@ -284,6 +284,23 @@ impl<T> Envelope<T> {
         meta.with_payload(f(payload))
     }
 
+    /// A copy of the metadata, without the payload (which need not be
+    /// `Clone`): `envelope.meta().with_payload(other)` puts another payload
+    /// in the same envelope.
+    pub fn meta(&self) -> Envelope<()> {
+        Envelope {
+            id: self.id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            created_at: self.created_at,
+            deadline: self.deadline,
+            priority: self.priority,
+            attempt: self.attempt,
+            headers: self.headers.clone(),
+            payload: (),
+        }
+    }
+
     /// Separates the metadata from the payload.
     pub fn split(self) -> (Envelope<()>, T) {
         let Envelope { id, correlation_id, causation_id, created_at, deadline, priority, attempt, headers, payload } =

@@ -455,21 +455,6 @@ where
     queue.enqueue(env).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// The envelope's metadata, for storage.
-fn meta_of<P>(env: &Envelope<P>) -> Envelope<()> {
-    Envelope {
-        id: env.id,
-        correlation_id: env.correlation_id,
-        causation_id: env.causation_id,
-        created_at: env.created_at,
-        deadline: env.deadline,
-        priority: env.priority,
-        attempt: env.attempt,
-        headers: env.headers.clone(),
-        payload: (),
-    }
-}
-
 impl<T> Queue<T>
 where
     T: QueueMessage,
@@ -677,7 +662,7 @@ where
             .map(|p| StoredMessage {
                 seq: p.entry.seq,
                 delivered: p.entry.env.attempt.saturating_sub(1),
-                envelope: meta_of(&p.entry.env),
+                envelope: p.entry.env.meta(),
                 // Moved, not copied: the batch is the only one to need it.
                 body: std::mem::replace(&mut p.body, StoredBody::Inline(Vec::new())),
             })

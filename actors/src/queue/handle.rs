@@ -559,16 +559,9 @@ impl<T> Consumer<T> {
     /// be claimed are dead-lettered here, never returned.
     pub async fn recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let handed = match self.stash.take() {
+            let handed = match self.waiting() {
                 Some(h) => h,
-                None => match self.rx.try_recv() {
-                    Ok(h) => h,
-                    Err(_) => {
-                        // About to wait: what was held back goes now.
-                        self.link.flush();
-                        self.rx.recv().await?
-                    }
-                },
+                None => self.rx.recv().await?,
             };
             self.link.more.store(!self.rx.is_empty(), Ordering::Relaxed);
             let (d, ticket) = match Self::fresh(handed) {
@@ -591,16 +584,7 @@ impl<T> Consumer<T> {
     /// here: it stays first in line for the next [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let handed = match self.stash.take() {
-                Some(h) => h,
-                None => match self.rx.try_recv() {
-                    Ok(h) => h,
-                    Err(_) => {
-                        self.link.flush();
-                        return None;
-                    }
-                },
-            };
+            let handed = self.waiting()?;
             self.link.more.store(!self.rx.is_empty(), Ordering::Relaxed);
             let (d, ticket) = match Self::fresh(handed) {
                 Some(Handed::Ready(d)) => return Some(d),
@@ -617,6 +601,19 @@ impl<T> Consumer<T> {
                 return Some(d);
             }
         }
+    }
+
+    /// The stashed delivery or one already in the channel. When there is
+    /// none the consumer is about to wait, so what acks it held back go now.
+    fn waiting(&mut self) -> Option<Handed<T>> {
+        if let Some(h) = self.stash.take() {
+            return Some(h);
+        }
+        let next = self.rx.try_recv().ok();
+        if next.is_none() {
+            self.link.flush();
+        }
+        next
     }
 
     fn fresh(mut h: Handed<T>) -> Option<Handed<T>> {
@@ -853,25 +850,12 @@ impl<T: Clone> Handed<T> {
     pub(crate) fn of(env: &Envelope<Body<T>>, receipt: u64, link: &Arc<Link>) -> Self {
         let link = Arc::clone(link);
         match &env.payload {
-            Body::Inline(t) => Handed::Ready(Delivery::new(boxed_copy(env, t.clone()), receipt, link)),
-            Body::Claimed(ticket) => Handed::Ticket(Delivery::new(boxed_copy(env, ()), receipt, link), ticket.clone()),
+            Body::Inline(t) => {
+                Handed::Ready(Delivery::new(Box::new(env.meta().with_payload(t.clone())), receipt, link))
+            }
+            Body::Claimed(ticket) => Handed::Ticket(Delivery::new(Box::new(env.meta()), receipt, link), ticket.clone()),
         }
     }
-}
-
-/// `env`'s metadata around `payload`, built in its box.
-fn boxed_copy<P, U>(env: &Envelope<P>, payload: U) -> Box<Envelope<U>> {
-    Box::new(Envelope {
-        id: env.id,
-        correlation_id: env.correlation_id,
-        causation_id: env.causation_id,
-        created_at: env.created_at,
-        deadline: env.deadline,
-        priority: env.priority,
-        attempt: env.attempt,
-        headers: env.headers.clone(),
-        payload,
-    })
 }
 
 impl<T> Handed<T> {
