@@ -107,6 +107,71 @@ async fn block_makes_the_sender_wait_and_loses_nothing() {
 }
 
 #[actix_rt::test]
+async fn many_blocked_senders_each_get_in_as_room_is_made() {
+    let bus = Bus::builder().build().unwrap();
+    let (gate, calls) = gated(&bus, "bp-many", 3, OverflowPolicy::Block).await;
+    let handle = bus.service_handle::<Work>("bp-many").unwrap();
+    let first = actix_rt::spawn(handle.request(Work(0)).into_future());
+    until(|| calls.load(Ordering::SeqCst) == 1).await;
+    // 3 fill the mailbox, 17 more wait for room.
+    let rest: Vec<_> = (1..=20)
+        .map(|n| actix_rt::spawn(handle.request(Work(n)).timeout(Duration::from_secs(10)).into_future()))
+        .collect();
+    until(|| handle.queued() == 3).await;
+    actix_rt::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(handle.queued(), 3, "waiting senders do not overfill the mailbox");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // One permit at a time: each request taken makes room for one waiter.
+    for handled in 1..=20 {
+        gate.add_permits(1);
+        until(|| calls.load(Ordering::SeqCst) == handled + 1).await;
+        assert!(handle.queued() <= 3, "never more than the capacity queued");
+    }
+    gate.add_permits(1);
+    let mut answers = vec![first.await.unwrap().unwrap()];
+    for t in rest {
+        answers.push(t.await.unwrap().unwrap());
+    }
+    answers.sort_unstable();
+    assert_eq!(answers, (0..=20).collect::<Vec<_>>(), "every blocked request got in and was answered once");
+    assert_eq!(calls.load(Ordering::SeqCst), 21);
+    assert_eq!(handle.queued(), 0);
+}
+
+#[actix_rt::test]
+async fn shutdown_with_a_full_mailbox_answers_every_request() {
+    let bus = Bus::builder().build().unwrap();
+    let (gate, calls) = gated(&bus, "bp-shutdown", 4, OverflowPolicy::Reject).await;
+    let first = actix_rt::spawn(bus.request("bp-shutdown", Work(0)).into_future());
+    until(|| calls.load(Ordering::SeqCst) == 1).await;
+    let queued: Vec<_> = (1..=4).map(|n| actix_rt::spawn(bus.request("bp-shutdown", Work(n)).into_future())).collect();
+    let handle = bus.service_handle::<Work>("bp-shutdown").unwrap();
+    until(|| handle.queued() == 4).await;
+    assert!(matches!(bus.request("bp-shutdown", Work(5)).await, Err(RequestError::MailboxFull(_))));
+
+    // The shutdown command gets into the full mailbox; let the handler go so
+    // that the actor can take it.
+    let stopping = bus.clone();
+    let shutdown = actix_rt::spawn(async move { stopping.shutdown(Duration::from_secs(5)).await });
+    actix_rt::time::sleep(Duration::from_millis(20)).await;
+    gate.add_permits(100);
+    shutdown.await.unwrap();
+
+    assert_eq!(first.await.unwrap(), Ok(0));
+    let (mut answered, mut refused) = (0, 0);
+    for t in queued {
+        match t.await.unwrap() {
+            Ok(_) => answered += 1,
+            Err(RequestError::Unavailable { .. } | RequestError::ShuttingDown) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(answered + refused, 4, "no queued request was left without an answer");
+    assert_eq!(calls.load(Ordering::SeqCst), 1 + answered, "the refused ones never ran");
+}
+
+#[actix_rt::test]
 async fn a_blocked_sender_times_out_with_a_typed_error() {
     let bus = Bus::builder().build().unwrap();
     let (gate, calls) = gated(&bus, "bp-block-timeout", 1, OverflowPolicy::Block).await;

@@ -1,10 +1,18 @@
 //! Request-Reply (DESIGN §6.1): a typed ask to a named service.
 //!
 //! A *service* is user state plus an async handler ([`Service`]). The runtime
-//! hosts it in a [`ServiceActor`], which owns a bounded inbox, runs one request
-//! at a time inside a panic boundary, and answers through a oneshot reply
-//! channel. [`ServiceRef`] is the sending side: it enqueues an [`Ask`] and waits
-//! for the reply within the request's timeout.
+//! hosts it in a [`ServiceActor`], which runs one request at a time inside a
+//! panic boundary and answers through a oneshot reply channel. [`ServiceRef`]
+//! is the sending side: it puts an [`Ask`] in the actor's bounded mailbox and
+//! waits for the reply within the request's timeout.
+//!
+//! The inbox is the actor's own actix mailbox, sized to the service's
+//! capacity: a request costs one channel hop, as a raw actix `send` does.
+//! Every requester shares the one sender in the [`ServiceRef`], so the bound
+//! is exact: actix parks a sender at the message that fills the mailbox and
+//! refuses it more until the actor takes one. Supervisor commands
+//! ([`Control`]) come through other senders and so always get in, one over
+//! the bound at most.
 //!
 //! What can go wrong is typed ([`RequestError`]): an unknown service, a full
 //! mailbox, a timeout, a deadline that passed before the handler started, a
@@ -23,13 +31,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{self, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use actix::dev::SendError;
 use actix::prelude::*;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tracing::Instrument;
 
 use crate::backpressure::OverflowPolicy;
@@ -229,6 +238,8 @@ pub enum RequestError {
 }
 
 /// A request in a service's inbox: the envelope and where the reply goes.
+#[derive(Message)]
+#[rtype(result = "()")]
 pub struct Ask<R: Request> {
     envelope: Envelope<R>,
     /// When the requester stops waiting: the envelope's deadline or the
@@ -242,7 +253,8 @@ pub struct Ask<R: Request> {
 /// whole life (restarts included).
 pub struct ServiceRef<R: Request> {
     name: Arc<str>,
-    tx: mpsc::Sender<Ask<R>>,
+    tx: Recipient<Ask<R>>,
+    inbox: Arc<Inbox>,
     block_when_full: bool,
     closing: AtomicBool,
     timeouts: metrics::Counter,
@@ -257,7 +269,7 @@ impl<R: Request> ServiceRef<R> {
 
     /// Requests waiting in the service's inbox.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.inbox.sent.load(Ordering::Relaxed).saturating_sub(self.inbox.taken.load(Ordering::Relaxed))
     }
 
     /// Sends `envelope` and waits up to `timeout` (and never past its deadline)
@@ -284,21 +296,24 @@ impl<R: Request> ServiceRef<R> {
         // Try first: the inbox almost always has room, and only a full one
         // under `block` needs the (boxed, deadline-bounded) waiting send.
         match self.tx.try_send(Ask { envelope, deadline, reply }) {
-            Ok(()) => Reply {
-                state: ReplyState::Waiting {
-                    service: self.clone(),
-                    budget,
-                    response: deadline::within(deadline, response),
-                },
-            },
-            Err(mpsc::error::TrySendError::Closed(_)) => done(Err(self.gone())),
-            Err(mpsc::error::TrySendError::Full(ask)) if self.block_when_full => {
+            Ok(()) => {
+                self.inbox.sent.fetch_add(1, Ordering::Relaxed);
+                Reply {
+                    state: ReplyState::Waiting {
+                        service: self.clone(),
+                        budget,
+                        response: deadline::within(deadline, response),
+                    },
+                }
+            }
+            Err(SendError::Closed(_)) => done(Err(self.gone())),
+            Err(SendError::Full(ask)) if self.block_when_full => {
                 let service = self.clone();
                 Reply {
                     state: ReplyState::Blocked(Box::pin(async move {
-                        match deadline::within(deadline, Box::pin(service.tx.send(ask))).await {
+                        match deadline::within(deadline, Box::pin(service.send_when_room(ask))).await {
                             Ok(Ok(())) => {}
-                            Ok(Err(_)) => return Err(service.gone()),
+                            Ok(Err(())) => return Err(service.gone()),
                             Err(_) => return Err(service.timed_out(budget)),
                         }
                         match deadline::within(deadline, response).await {
@@ -309,10 +324,32 @@ impl<R: Request> ServiceRef<R> {
                     })),
                 }
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(SendError::Full(_)) => {
                 self.mailbox_full.increment(1);
                 done(Err(RequestError::MailboxFull(self.name.to_string())))
             }
+        }
+    }
+
+    /// Waits for room in a full inbox (`block`); `Err` if the service stopped.
+    async fn send_when_room(&self, mut ask: Ask<R>) -> Result<(), ()> {
+        loop {
+            // Listen before trying again, so that room made in between is
+            // not missed; the service wakes one blocked sender per request
+            // it takes.
+            let room = self.inbox.room.notified();
+            let mut room = std::pin::pin!(room);
+            room.as_mut().enable();
+            let _blocked = Blocked::new(&self.inbox.blocked);
+            match self.tx.try_send(ask) {
+                Ok(()) => {
+                    self.inbox.sent.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(SendError::Closed(_)) => return Err(()),
+                Err(SendError::Full(back)) => ask = back,
+            }
+            room.await;
         }
     }
 
@@ -328,6 +365,33 @@ impl<R: Request> ServiceRef<R> {
     /// Refuses new requests from now on (shutdown).
     pub fn close(&self) {
         self.closing.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What the senders and the service share about the inbox.
+#[derive(Default)]
+struct Inbox {
+    /// Requests put in and taken out: the difference waits.
+    sent: AtomicUsize,
+    taken: AtomicUsize,
+    /// Senders waiting for room (`block`), and how they are woken.
+    blocked: AtomicUsize,
+    room: Notify,
+}
+
+/// Counts a sender as blocked while it lives.
+struct Blocked<'a>(&'a AtomicUsize);
+
+impl<'a> Blocked<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Blocked(count)
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -409,6 +473,7 @@ pub struct ServiceActor<S: Service> {
     down: Option<String>,
     link: ChildLink,
     metrics: ServiceMetrics,
+    inbox: Arc<Inbox>,
     /// Requests taken, for sampling the latency histogram.
     handled: u32,
 }
@@ -467,12 +532,15 @@ impl<S: Service> ServiceActor<S> {
         link: ChildLink,
         arbiter: Option<&actix::ArbiterHandle>,
     ) -> (Addr<Self>, ServiceRef<S::Request>) {
-        let (tx, mut rx) = mpsc::channel(spec.capacity.max(1));
+        let capacity = spec.capacity.max(1);
+        let inbox = Arc::new(Inbox::default());
         let name = spec.name.clone();
         let factory = spec.factory;
+        let shared = inbox.clone();
         let create = move |ctx: &mut Context<Self>| {
-            ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+            ctx.set_mailbox_capacity(capacity);
             ServiceActor {
+                inbox: shared,
                 metrics: ServiceMetrics::new(&name),
                 name,
                 factory,
@@ -490,7 +558,8 @@ impl<S: Service> ServiceActor<S> {
             timeouts: metrics::counter!(m::REQUEST_REFUSED, m::LABEL_NAME => spec.name.to_string(), m::LABEL_REASON => "timeout"),
             mailbox_full: metrics::counter!(m::REQUEST_REFUSED, m::LABEL_NAME => spec.name.to_string(), m::LABEL_REASON => "mailbox_full"),
             name: spec.name,
-            tx,
+            tx: addr.clone().recipient(),
+            inbox,
             block_when_full: spec.overflow == OverflowPolicy::Block,
             closing: AtomicBool::new(false),
         };
@@ -564,8 +633,15 @@ impl<S: Service> Actor for ServiceActor<S> {
     type Context = Context<Self>;
 }
 
-impl<S: Service> StreamHandler<Ask<S::Request>> for ServiceActor<S> {
+impl<S: Service> Handler<Ask<S::Request>> for ServiceActor<S> {
+    type Result = ();
+
     fn handle(&mut self, ask: Ask<S::Request>, ctx: &mut Context<Self>) {
+        // Only this actor writes `taken`; senders read it for `queued`.
+        self.inbox.taken.store(self.inbox.taken.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        if self.inbox.blocked.load(Ordering::SeqCst) > 0 {
+            self.inbox.room.notify_one();
+        }
         let Ask { envelope, deadline, reply } = ask;
         // The one clock read of a request at the service: the expiry check
         // and, for every 16th request, the latency sample's start.
@@ -613,11 +689,6 @@ impl<S: Service> StreamHandler<Ask<S::Request>> for ServiceActor<S> {
             act.record_latency(started);
             act.finish(state, outcome, reply, ctx);
         }));
-    }
-
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        // Every sender is gone: nothing more can arrive.
-        ctx.stop();
     }
 }
 
