@@ -277,8 +277,10 @@ impl<R: Request> ServiceRef<R> {
     ///
     /// The returned [`Reply`] is a plain struct, not a boxed future: a
     /// same-arbiter round trip is a few hundred nanoseconds, and an
-    /// allocation per request was a visible part of it.
-    pub fn ask(self: &Arc<Self>, envelope: Envelope<R>, timeout: Duration) -> Reply<R> {
+    /// allocation per request was a visible part of it. It takes the
+    /// `Arc` by value and keeps it (for its errors) for the same reason: a
+    /// clone is an atomic increment and decrement per request.
+    pub fn ask(self: Arc<Self>, envelope: Envelope<R>, timeout: Duration) -> Reply<R> {
         let done = Reply::ready;
         if self.closing.load(Ordering::Relaxed) {
             return done(Err(RequestError::ShuttingDown));
@@ -300,7 +302,7 @@ impl<R: Request> ServiceRef<R> {
                 self.inbox.sent.fetch_add(1, Ordering::Relaxed);
                 Reply {
                     state: ReplyState::Waiting {
-                        service: self.clone(),
+                        service: self,
                         budget,
                         response: deadline::within(deadline, response),
                     },
@@ -308,7 +310,7 @@ impl<R: Request> ServiceRef<R> {
             }
             Err(SendError::Closed(_)) => done(Err(self.gone())),
             Err(SendError::Full(ask)) if self.block_when_full => {
-                let service = self.clone();
+                let service = self;
                 Reply {
                     state: ReplyState::Blocked(Box::pin(async move {
                         match deadline::within(deadline, Box::pin(service.send_when_room(ask))).await {
