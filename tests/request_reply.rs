@@ -205,3 +205,18 @@ async fn services_on_worker_arbiters_answer() {
     assert!(report.abandoned.is_empty());
     assert_eq!(bus.request("rr-worker-0", Echo("late".into())).await, Err(RequestError::ShuttingDown));
 }
+
+#[actix_rt::test]
+async fn every_sixteenth_request_is_timed_and_recorded_in_batches() {
+    let bus = bus();
+    bus.service("rr-timed", || service_fn(|Echo(s): Echo, _| async move { Ok(s) })).start().await.unwrap();
+    let count = || metric(&bus, "actorbus_request_reply_handler_latency_seconds_count", r#"name="rr-timed""#);
+    for i in 0..16 * 100 {
+        bus.request("rr-timed", Echo(i.to_string())).await.unwrap();
+    }
+    // 100 samples: 64 recorded when the batch filled, the rest within a second.
+    assert!(count() >= 64.0, "a full batch is recorded at once, got {}", count());
+    actix_rt::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(count(), 100.0);
+    assert_eq!(metric(&bus, "actorbus_request_reply_handled_total", r#"name="rr-timed",outcome="ok""#), 1600.0);
+}
