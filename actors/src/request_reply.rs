@@ -12,7 +12,8 @@
 //! is exact: actix parks a sender at the message that fills the mailbox and
 //! refuses it more until the actor takes one. Supervisor commands
 //! ([`Control`]) come through other senders and so always get in, one over
-//! the bound at most.
+//! the bound at most, and are taken in turn with the requests queued before
+//! them.
 //!
 //! What can go wrong is typed ([`RequestError`]): an unknown service, a full
 //! mailbox, a timeout, a deadline that passed before the handler started, a
