@@ -2,11 +2,15 @@
 //!
 //! ## Layout
 //!
+//! - `streams`: one row per stream name, giving it an integer id. Events
+//!   refer to their stream by that id: the `(stream_id, version)` index
+//!   entries are a few bytes instead of the name, so a commit dirties fewer
+//!   index pages (fewer WAL frames to write) and compares integers, not text.
 //! - `events`: one row per event, `position` as the integer primary key (the
 //!   `$all` order), a unique index on the event id (idempotency checks) and
-//!   one on `(stream, version)` (stream reads, the stream's current version
-//!   for the expected-version check, and a last line of defence against two
-//!   events at one version). Payload and metadata are JSON bytes.
+//!   one on `(stream_id, version)` (stream reads, the stream's current
+//!   version for the expected-version check, and a last line of defence
+//!   against two events at one version). Payload and metadata are JSON bytes.
 //! - `snapshots` and `checkpoints`: aggregate snapshots and projection
 //!   checkpoints.
 //!
@@ -37,10 +41,11 @@ use super::{DataDir, StoreError};
 use crate::envelope::{MessageId, Timestamp};
 
 /// The schema of the events database, versioned by `PRAGMA user_version`.
-pub const EVENT_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "events, snapshots, checkpoints",
-    sql: "
+pub const EVENT_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "events, snapshots, checkpoints",
+        sql: "
         CREATE TABLE events (
             position   INTEGER PRIMARY KEY,
             id         BLOB    NOT NULL UNIQUE,
@@ -66,9 +71,43 @@ pub const EVENT_MIGRATIONS: &[Migration] = &[Migration {
             updated_at INTEGER NOT NULL
         ) WITHOUT ROWID;
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "streams by integer id",
+        // Streams get ids in the order of their first event. The events are
+        // copied in position order, so positions, versions and ids stay as
+        // they were. No foreign key from events to streams: it would cost a
+        // lookup per inserted event, and only the writer inserts both.
+        sql: "
+            CREATE TABLE streams (
+                id   INTEGER PRIMARY KEY,
+                name TEXT    NOT NULL UNIQUE
+            );
+            INSERT INTO streams (name) SELECT stream FROM events GROUP BY stream ORDER BY MIN(position);
+            CREATE TABLE events_by_id (
+                position   INTEGER PRIMARY KEY,
+                id         BLOB    NOT NULL UNIQUE,
+                stream_id  INTEGER NOT NULL,
+                version    INTEGER NOT NULL,
+                event_type TEXT    NOT NULL,
+                data       BLOB    NOT NULL,
+                metadata   BLOB    NOT NULL,
+                timestamp  INTEGER NOT NULL
+            );
+            INSERT INTO events_by_id (position, id, stream_id, version, event_type, data, metadata, timestamp)
+                SELECT e.position, e.id, s.id, e.version, e.event_type, e.data, e.metadata, e.timestamp
+                FROM events e JOIN streams s ON s.name = e.stream ORDER BY e.position;
+            DROP TABLE events;
+            ALTER TABLE events_by_id RENAME TO events;
+            CREATE UNIQUE INDEX events_stream_version ON events (stream_id, version);
+        ",
+    },
+];
 
-const EVENT_COLUMNS: &str = "position, id, stream, version, event_type, data, metadata, timestamp";
+/// The columns [`query_events`] decodes, from `events e` joined with
+/// `streams s` (for the stream's name).
+const EVENT_COLUMNS: &str = "e.position, e.id, s.name, e.version, e.event_type, e.data, e.metadata, e.timestamp";
 
 /// An event log in one SQLite file.
 ///
@@ -111,9 +150,13 @@ impl SqliteEventLog {
 impl EventLog for SqliteEventLog {
     fn writer(&self) -> Result<Box<dyn EventWriter>, StoreError> {
         let conn = open_sqlite_file(&self.path, EVENT_MIGRATIONS)?;
-        // 32 MiB of page cache: the writer touches the tails of the indexes
-        // on every commit.
-        conn.pragma_update(None, "cache_size", -32_768)?;
+        // SQLite's default page cache (2 MiB), on purpose not more: a page
+        // split parks a page at a far page number for a moment (balance_nonroot
+        // renumbering pages), and the commit that follows then walks the whole
+        // cache to drop pages past the end of the file. With 32 MiB that walk
+        // was 6% of the CPU time of the 64-writer bench; the pages the writer
+        // needs (the tails of the indexes and their parents) fit in 2 MiB.
+        conn.pragma_update(None, "cache_size", -2_000)?;
         let last: Option<i64> = conn
             .query_row("SELECT timestamp FROM events ORDER BY position DESC LIMIT 1", [], |r| r.get(0))
             .optional()?;
@@ -152,8 +195,17 @@ struct Known {
     data_version: i64,
     /// The position the next event gets.
     end: Option<u64>,
-    /// The last version of streams this writer appended to.
-    versions: HashMap<String, u64>,
+    /// The streams this writer appended to.
+    streams: HashMap<String, KnownStream>,
+}
+
+/// A stream's integer id and last version.
+#[derive(Clone, Copy)]
+struct KnownStream {
+    id: i64,
+    /// `None`: the stream has a row in `streams` but no event yet (its
+    /// first append was refused after the row went in).
+    version: Option<u64>,
 }
 
 struct SqliteReader {
@@ -198,10 +250,18 @@ fn limit(max: usize) -> i64 {
 }
 
 fn stream_version(conn: &Connection, stream: &str) -> Result<Option<u64>, StoreError> {
-    // The last entry of the (stream, version) index: one B-tree descent.
+    Ok(find_stream(conn, stream)?.and_then(|s| s.version))
+}
+
+/// The id and last version of `stream`, `None` when it has no id yet.
+fn find_stream(conn: &Connection, stream: &str) -> Result<Option<KnownStream>, StoreError> {
+    let id: Option<i64> =
+        conn.prepare_cached("SELECT id FROM streams WHERE name = ?1")?.query_row([stream], |r| r.get(0)).optional()?;
+    let Some(id) = id else { return Ok(None) };
+    // The last entry of the (stream_id, version) index: one B-tree descent.
     let v: Option<i64> =
-        conn.prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")?.query_row([stream], |r| r.get(0))?;
-    v.map(|v| to_u64(v, "version")).transpose()
+        conn.prepare_cached("SELECT MAX(version) FROM events WHERE stream_id = ?1")?.query_row([id], |r| r.get(0))?;
+    Ok(Some(KnownStream { id, version: v.map(|v| to_u64(v, "version")).transpose()? }))
 }
 
 impl SqliteWriter {
@@ -227,12 +287,12 @@ impl SqliteWriter {
             }
         };
         let mut insert = tx.prepare_cached(
-            "INSERT INTO events (position, id, stream, version, event_type, data, metadata, timestamp)
+            "INSERT INTO events (position, id, stream_id, version, event_type, data, metadata, timestamp)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut results = Vec::with_capacity(batch.len());
         for req in batch {
-            let result = Self::append_one(tx, &mut insert, &mut known.versions, req, &mut next_position, timestamp);
+            let result = Self::append_one(tx, &mut insert, &mut known.streams, req, &mut next_position, timestamp);
             if let Err(AppendError::Store(e)) = result {
                 // A storage error may have left part of this request written
                 // (and some, like a full disk, roll the transaction back
@@ -249,7 +309,7 @@ impl SqliteWriter {
     fn append_one(
         tx: &Transaction<'_>,
         insert: &mut Statement<'_>,
-        versions: &mut HashMap<String, u64>,
+        streams: &mut HashMap<String, KnownStream>,
         mut req: AppendRequest,
         next_position: &mut u64,
         timestamp: Timestamp,
@@ -260,10 +320,11 @@ impl SqliteWriter {
         for e in &mut req.events {
             e.id.get_or_insert_with(MessageId::new);
         }
-        let current = match versions.get(req.stream.as_str()) {
-            Some(&v) => Some(v),
-            None => stream_version(tx, &req.stream)?,
+        let known = match streams.get(req.stream.as_str()) {
+            Some(&s) => Some(s),
+            None => find_stream(tx, &req.stream)?,
         };
+        let current = known.and_then(|s| s.version);
         // First assume that no event id of the request is stored: the unique
         // index on ids checks that as the events go in, which spares a lookup
         // per event. Only an append that conflicts pays for the lookups.
@@ -276,8 +337,19 @@ impl SqliteWriter {
             Err(AppendError::WrongExpectedVersion { .. }) => None,
             Err(e) => return Err(e),
         };
+        // A new stream gets its id when an append first writes to it.
+        let mut stream_id = known.map(|s| s.id);
         let first_version = match planned {
-            Some(first_version) if Self::insert(insert, &req, first_version, *next_position, timestamp)? => {
+            Some(first_version)
+                if Self::insert(
+                    insert,
+                    &req,
+                    Self::stream_id(tx, &mut stream_id, &req.stream)?,
+                    first_version,
+                    *next_position,
+                    timestamp,
+                )? =>
+            {
                 first_version
             }
             _ => {
@@ -290,7 +362,8 @@ impl SqliteWriter {
                 match Self::plan_from_storage(tx, &req)? {
                     AppendPlan::Skip(result) => return Ok(AppendOutcome { result, recorded: Vec::new() }),
                     AppendPlan::Write { first_version } => {
-                        if !Self::insert(insert, &req, first_version, *next_position, timestamp)? {
+                        let id = Self::stream_id(tx, &mut stream_id, &req.stream)?;
+                        if !Self::insert(insert, &req, id, first_version, *next_position, timestamp)? {
                             return Err(StoreError::Corrupt(format!(
                                 "stream `{}`: an event id or version is taken twice",
                                 req.stream
@@ -307,7 +380,8 @@ impl SqliteWriter {
         let AppendRequest { stream, events, .. } = req;
         // A written append has at least one event.
         let version = first_version + events.len() as u64 - 1;
-        remember(versions, &stream, version);
+        let id = Self::stream_id(tx, &mut stream_id, &stream)?; // known: the events went in under it
+        remember(streams, &stream, KnownStream { id, version: Some(version) });
         // The request is spent: its events move into the recorded ones.
         let recorded = events
             .into_iter()
@@ -338,7 +412,9 @@ impl SqliteWriter {
     fn plan_from_storage(tx: &Transaction<'_>, req: &AppendRequest) -> Result<AppendPlan, AppendError> {
         let current = stream_version(tx, &req.stream)?;
         let mut existing = Vec::with_capacity(req.events.len());
-        let mut find = tx.prepare_cached("SELECT stream, version, position FROM events WHERE id = ?1")?;
+        let mut find = tx.prepare_cached(
+            "SELECT s.name, e.version, e.position FROM events e JOIN streams s ON s.id = e.stream_id WHERE e.id = ?1",
+        )?;
         for e in &req.events {
             let found = match e.id {
                 None => None,
@@ -360,12 +436,28 @@ impl SqliteWriter {
         plan_append(req, current, &existing)
     }
 
+    /// The integer id of `stream`: `id` if known, else a new row of
+    /// `streams` (remembered in `id`). If the append is then refused, the row
+    /// stays: a stream id without events reads as no stream.
+    fn stream_id(tx: &Transaction<'_>, id: &mut Option<i64>, stream: &str) -> Result<i64, AppendError> {
+        if let Some(id) = *id {
+            return Ok(id);
+        }
+        // Not `RETURNING id`: SQLite collects returned rows in a temporary
+        // B-tree, which costs more than the insert itself.
+        tx.prepare_cached("INSERT INTO streams (name) VALUES (?1)")?.execute([stream])?;
+        let new = tx.last_insert_rowid();
+        *id = Some(new);
+        Ok(new)
+    }
+
     /// Inserts the events of `req` at versions `first_version..` and
     /// positions `position..` with `insert`. False when an event id or
     /// version is already taken; the events inserted before that one stay.
     fn insert(
         insert: &mut Statement<'_>,
         req: &AppendRequest,
+        stream_id: i64,
         first_version: u64,
         position: u64,
         timestamp: Timestamp,
@@ -376,7 +468,7 @@ impl SqliteWriter {
             let inserted = insert.execute(params![
                 to_i64(position + i as u64, "position")?,
                 e.id.unwrap_or_default().0.as_bytes().as_slice(), // set by `append_one`
-                req.stream,
+                stream_id,
                 to_i64(first_version + i as u64, "version")?,
                 e.event_type,
                 data,
@@ -394,18 +486,18 @@ impl SqliteWriter {
     }
 }
 
-/// Records that `stream` is at `version`. Past [`MAX_KNOWN_STREAMS`] the
-/// writer forgets them all: forgetting costs one query per stream later,
-/// and keeps the memory bounded however many streams there are.
-fn remember(versions: &mut HashMap<String, u64>, stream: &str, version: u64) {
-    if let Some(v) = versions.get_mut(stream) {
-        *v = version;
+/// Records what `stream` is now. Past [`MAX_KNOWN_STREAMS`] the writer
+/// forgets them all: forgetting costs two queries per stream later, and keeps
+/// the memory bounded however many streams there are.
+fn remember(streams: &mut HashMap<String, KnownStream>, stream: &str, now: KnownStream) {
+    if let Some(s) = streams.get_mut(stream) {
+        *s = now;
         return;
     }
-    if versions.len() >= MAX_KNOWN_STREAMS {
-        versions.clear();
+    if streams.len() >= MAX_KNOWN_STREAMS {
+        streams.clear();
     }
-    versions.insert(stream.to_owned(), version);
+    streams.insert(stream.to_owned(), now);
 }
 
 impl EventWriter for SqliteWriter {
@@ -463,11 +555,15 @@ impl EventReader for SqliteReader {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = match direction {
+            // CROSS JOIN fixes the loop order: the stream by name, then its
+            // events along the (stream_id, version) index.
             Direction::Forward => format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE stream = ?1 AND version >= ?2 ORDER BY version ASC LIMIT ?3"
+                "SELECT {EVENT_COLUMNS} FROM streams s CROSS JOIN events e ON e.stream_id = s.id
+                 WHERE s.name = ?1 AND e.version >= ?2 ORDER BY e.version ASC LIMIT ?3"
             ),
             Direction::Backward => format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE stream = ?1 AND version <= ?2 ORDER BY version DESC LIMIT ?3"
+                "SELECT {EVENT_COLUMNS} FROM streams s CROSS JOIN events e ON e.stream_id = s.id
+                 WHERE s.name = ?1 AND e.version <= ?2 ORDER BY e.version DESC LIMIT ?3"
             ),
         };
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -476,12 +572,16 @@ impl EventReader for SqliteReader {
 
     fn read_all(&mut self, from: u64, direction: Direction, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = match direction {
-            Direction::Forward => {
-                format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= ?1 ORDER BY position ASC LIMIT ?2")
-            }
-            Direction::Backward => {
-                format!("SELECT {EVENT_COLUMNS} FROM events WHERE position <= ?1 ORDER BY position DESC LIMIT ?2")
-            }
+            // CROSS JOIN fixes the loop order: events along positions, each
+            // one's stream name by its id.
+            Direction::Forward => format!(
+                "SELECT {EVENT_COLUMNS} FROM events e CROSS JOIN streams s ON s.id = e.stream_id
+                 WHERE e.position >= ?1 ORDER BY e.position ASC LIMIT ?2"
+            ),
+            Direction::Backward => format!(
+                "SELECT {EVENT_COLUMNS} FROM events e CROSS JOIN streams s ON s.id = e.stream_id
+                 WHERE e.position <= ?1 ORDER BY e.position DESC LIMIT ?2"
+            ),
         };
         let mut stmt = self.conn.prepare_cached(&sql)?;
         query_events(&mut stmt, params![bound(from), limit(max)])
@@ -545,6 +645,7 @@ impl EventReader for SqliteReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Direction;
     use crate::store::{ExpectedVersion, NewEvent};
 
     fn ev(n: u64) -> NewEvent {
@@ -584,6 +685,101 @@ mod tests {
         let stored = log.reader().unwrap().read_all(0, crate::store::Direction::Forward, 10).unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].id, outcome.recorded[0].id);
+    }
+
+    #[test]
+    fn a_file_of_the_first_schema_reads_back_the_same_after_migration() {
+        use crate::store::migrate::{migrate, schema_version};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        // Write a file as the first schema did: stream names in each row,
+        // streams interleaved along `$all`, with metadata and a snapshot.
+        let mut expected = Vec::new();
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            assert_eq!(migrate(&mut conn, &EVENT_MIGRATIONS[..1]).unwrap(), 1);
+            let streams = ["order-1", "order-2", "$$order-1", "cart"];
+            let mut versions = [0u64; 4];
+            for position in 0..40u64 {
+                let i = (position * 7 % 4) as usize;
+                let event = RecordedEvent {
+                    id: MessageId::new(),
+                    stream: streams[i].to_owned(),
+                    version: versions[i],
+                    position,
+                    event_type: format!("E{position}"),
+                    data: serde_json::json!({ "n": position }),
+                    metadata: EventMetadata { correlation_id: Some(MessageId::new()), ..EventMetadata::default() },
+                    timestamp: Timestamp(1_000 + position),
+                };
+                versions[i] += 1;
+                conn.execute(
+                    "INSERT INTO events (position, id, stream, version, event_type, data, metadata, timestamp)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        position as i64,
+                        event.id.0.as_bytes().as_slice(),
+                        event.stream,
+                        event.version as i64,
+                        event.event_type,
+                        serde_json::to_vec(&event.data).unwrap(),
+                        serde_json::to_vec(&event.metadata).unwrap(),
+                        event.timestamp.0 as i64,
+                    ],
+                )
+                .unwrap();
+                expected.push(event);
+            }
+            conn.execute("INSERT INTO snapshots VALUES ('cart', 3, 5, x'7b7d')", []).unwrap();
+        }
+        let log = SqliteEventLog::open_file(&path).unwrap();
+        assert_eq!(schema_version(&Connection::open(&path).unwrap()).unwrap(), 2);
+        let mut r = log.reader().unwrap();
+        assert_eq!(r.read_all(0, Direction::Forward, 100).unwrap(), expected);
+        assert_eq!(r.end_position().unwrap(), 40);
+        for stream in ["order-1", "order-2", "$$order-1", "cart"] {
+            let of_stream: Vec<_> = expected.iter().filter(|e| e.stream == stream).cloned().collect();
+            assert_eq!(r.read_stream(stream, 0, Direction::Forward, 100).unwrap(), of_stream, "{stream}");
+            let last = of_stream.last().unwrap().version;
+            assert_eq!(r.stream_version(stream).unwrap(), Some(last));
+            let mut backward = of_stream.clone();
+            backward.reverse();
+            assert_eq!(r.read_stream(stream, u64::MAX, Direction::Backward, 100).unwrap(), backward);
+        }
+        assert_eq!(r.load_snapshot("cart", None, None).unwrap().map(|s| s.version), Some(3));
+        // The writer goes on where the old file stopped, and still knows the
+        // old event ids.
+        let mut w = log.writer().unwrap();
+        let next = AppendRequest::new("cart", ExpectedVersion::Exact(9), vec![ev(40)]);
+        assert_eq!(only(w.append_batch(vec![next]).unwrap()).unwrap().positions, Some(40..=40));
+        let repeat = AppendRequest {
+            stream: expected[0].stream.clone(),
+            expected: ExpectedVersion::Any,
+            events: vec![ev(0).with_id(expected[0].id)],
+        };
+        let repeated = only(w.append_batch(vec![repeat]).unwrap()).unwrap();
+        assert!(!repeated.written && repeated.positions == Some(0..=0), "{repeated:?}");
+    }
+
+    #[test]
+    fn a_refused_first_append_leaves_no_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
+        let mut w = log.writer().unwrap();
+        let first = AppendRequest::new("a", ExpectedVersion::NoStream, vec![ev(0)]);
+        only(w.append_batch(vec![first.clone()]).unwrap()).unwrap();
+        // `b` gets its id, then its append is refused on the stored event id.
+        let refused = AppendRequest::new("b", ExpectedVersion::NoStream, vec![ev(1), first.events[0].clone()]);
+        assert!(only(w.append_batch(vec![refused]).unwrap()).is_err());
+        let mut r = log.reader().unwrap();
+        assert_eq!(r.stream_version("b").unwrap(), None);
+        assert!(r.read_stream("b", 0, Direction::Forward, 10).unwrap().is_empty());
+        // A later append to `b` (this writer or a fresh one) starts at 0.
+        let again = AppendRequest::new("b", ExpectedVersion::NoStream, vec![ev(2)]);
+        assert_eq!(only(w.append_batch(vec![again]).unwrap()).unwrap().version, Some(0));
+        let mut fresh = log.writer().unwrap();
+        let more = AppendRequest::new("b", ExpectedVersion::Exact(0), vec![ev(3)]);
+        assert_eq!(only(fresh.append_batch(vec![more]).unwrap()).unwrap().version, Some(1));
     }
 
     #[test]
