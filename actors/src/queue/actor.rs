@@ -11,7 +11,7 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::handle::{
-    Body, ClaimSide, Cmd, Codec, Committed, Handed, Incoming, Link, QueueHandle, Settle, Shared, Stats, Typed,
+    Batch, Body, ClaimSide, Cmd, Codec, Committed, Handed, Incoming, Link, QueueHandle, Settle, Shared, Stats, Typed,
 };
 use super::ready::{Entry, Key, Ready};
 use super::store::{QueueBatch, QueueStore, StoredBody, StoredMessage};
@@ -78,7 +78,10 @@ struct Delayed<T> {
 
 struct Slot<T> {
     id: u64,
-    tx: mpsc::Sender<Handed<T>>,
+    tx: mpsc::UnboundedSender<Batch<T>>,
+    /// Deliveries made for it by the dispatch in progress, sent together
+    /// at its end.
+    batch: Batch<T>,
     prefetch: usize,
     outstanding: usize,
     link: Arc<Link>,
@@ -796,36 +799,61 @@ where
             };
             self.next_receipt += 1;
             let receipt = self.next_receipt;
+            let waiting = self.ready.len();
             let slot = &mut self.consumers[idx];
-            let handed = Handed::of(&entry.env, receipt, &slot.link);
-            match slot.tx.try_send(handed) {
-                Ok(()) => {
-                    slot.outstanding += 1;
-                    let consumer = slot.id;
-                    self.credit -= 1;
-                    self.counts.delivered += 1;
-                    if self.sample() {
-                        let waited = now.saturating_sub(entry.enqueued_us);
-                        self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
-                    }
-                    let due_us = now.saturating_add(self.visibility_us);
-                    let (seq, attempt) = (entry.seq, entry.env.attempt);
-                    self.in_flight.insert(receipt, InFlight { entry, consumer, due_us, delivered_us: now, key });
-                    self.deadlines.push_back(receipt);
-                    // Recorded before the handler can crash the process,
-                    // so max_deliveries holds across restarts.
-                    self.note(seq, RowOp::Delivered(attempt), ctx);
-                }
-                Err(e) => {
-                    // The consumer is gone (or out of step): take the
-                    // delivery back without counting a failure.
-                    e.into_inner().settler().disarm();
-                    let id = slot.id;
-                    self.remove_consumer(id, ctx);
-                    self.requeue_front(entry, key);
-                }
+            if slot.batch.is_empty() {
+                // Room for what it can take of what waits: no regrowth.
+                slot.batch.reserve((slot.prefetch - slot.outstanding).min(waiting + 1));
+            }
+            slot.batch.push(Handed::of(&entry.env, receipt, &slot.link));
+            slot.outstanding += 1;
+            let consumer = slot.id;
+            self.credit -= 1;
+            self.counts.delivered += 1;
+            if self.sample() {
+                let waited = now.saturating_sub(entry.enqueued_us);
+                self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
+            }
+            let due_us = now.saturating_add(self.visibility_us);
+            let (seq, attempt) = (entry.seq, entry.env.attempt);
+            self.in_flight.insert(receipt, InFlight { entry, consumer, due_us, delivered_us: now, key });
+            self.deadlines.push_back(receipt);
+            // Recorded before the handler can crash the process, so
+            // max_deliveries holds across restarts.
+            self.note(seq, RowOp::Delivered(attempt), ctx);
+        }
+        self.hand_over(ctx);
+    }
+
+    /// Sends each consumer the batch the dispatch made for it. A consumer
+    /// that went away meanwhile is removed, and its batch goes back to the
+    /// front, in order, without counting an attempt; the others get it.
+    fn hand_over(&mut self, ctx: &mut Context<Self>) {
+        let mut gone = Vec::new();
+        for slot in &mut self.consumers {
+            if slot.batch.is_empty() {
+                continue;
+            }
+            if let Err(e) = slot.tx.send(std::mem::take(&mut slot.batch)) {
+                gone.push((slot.id, e.0));
             }
         }
+        if gone.is_empty() {
+            return;
+        }
+        for (id, batch) in gone {
+            self.remove_consumer(id, ctx);
+            let receipts = batch
+                .into_iter()
+                .map(|mut h| {
+                    let settler = h.settler();
+                    settler.disarm();
+                    settler.receipt()
+                })
+                .collect();
+            self.settle(Settle::Releases(receipts), ctx);
+        }
+        self.dispatch(ctx);
     }
 
     fn requeue_front(&mut self, entry: Entry<Body<T>>, key: Option<Key>) {
@@ -1034,6 +1062,14 @@ where
                 }
                 return;
             }
+            Settle::Releases(receipts) => {
+                // Each goes to the front: the last first, so that they end
+                // up in the order they were delivered.
+                for receipt in receipts.into_iter().rev() {
+                    self.settle(Settle::Release(receipt), ctx);
+                }
+                return;
+            }
             Settle::Flush(waiter) => {
                 // "Everything done so far" includes acks held back.
                 self.take_held_acks(ctx);
@@ -1052,7 +1088,7 @@ where
             Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } | Settle::Unclaimable { receipt, .. } => {
                 *receipt
             }
-            Settle::Close(_) | Settle::Acks(_) | Settle::Flush(_) => return,
+            Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) | Settle::Flush(_) => return,
         };
         let Some(f) = self.in_flight.remove(&receipt) else {
             // Settled after its visibility timeout: the message was already
@@ -1107,7 +1143,7 @@ where
                 self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)), ctx);
                 self.requeue_front(f.entry, f.key);
             }
-            Settle::Close(_) | Settle::Acks(_) | Settle::Flush(_) => {}
+            Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) | Settle::Flush(_) => {}
         }
     }
 
@@ -1155,7 +1191,14 @@ where
                 Cmd::Enqueue(incoming) => self.accept(incoming, ctx),
                 Cmd::Overflow(incoming) => self.overflow(incoming, ctx),
                 Cmd::Subscribe { tx, prefetch, link } => {
-                    self.consumers.push(Slot { id: link.consumer, tx, prefetch, outstanding: 0, link });
+                    self.consumers.push(Slot {
+                        id: link.consumer,
+                        tx,
+                        batch: Vec::new(),
+                        prefetch,
+                        outstanding: 0,
+                        link,
+                    });
                     self.credit += prefetch;
                 }
             }
@@ -1237,6 +1280,72 @@ mod tests {
             until(|| q.stats().acked == 1).await;
             assert_eq!(q.in_flight(), 1);
             drop(c);
+        });
+    }
+
+    /// The payloads `c` receives until `n` came, each acked and first
+    /// delivered (a release is not an attempt).
+    async fn take_acked(c: &mut super::super::Consumer<u32>, n: usize) -> Vec<u32> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let d = tokio::time::timeout(Duration::from_secs(10), c.recv()).await.unwrap().unwrap();
+            assert_eq!(d.attempt(), 1);
+            got.push(*d.payload());
+            d.ack();
+        }
+        got
+    }
+
+    #[test]
+    fn a_dropped_consumer_gives_back_its_partly_taken_batches_in_order() {
+        actix_rt::System::new().block_on(async {
+            let q = Queue::<u32>::start(config("batch-drop", Duration::from_secs(3600)), DlqSink::in_memory()).unwrap();
+            let mut c = q.consumer(8).await.unwrap();
+            // Two batches: 0..4, then 4..8 once the first was handed over.
+            for i in 0..4 {
+                q.send(i).await.unwrap();
+            }
+            until(|| q.stats().delivered == 4).await;
+            for i in 4..10 {
+                q.send(i).await.unwrap();
+            }
+            until(|| q.stats().delivered == 8).await;
+            // Three taken from the first batch: one left in it, the second
+            // batch untouched in the channel, two not delivered (credit).
+            assert_eq!(take_acked(&mut c, 3).await, [0, 1, 2]);
+            drop(c);
+            until(|| q.in_flight() == 0 && q.depth() == 7).await;
+            let s = q.stats();
+            assert_eq!((s.acked, s.delivered, s.nacked, s.redelivered, s.stale_settles), (3, 8, 0, 0, 0));
+            let mut again = q.consumer(16).await.unwrap();
+            assert_eq!(take_acked(&mut again, 7).await, [3, 4, 5, 6, 7, 8, 9]);
+            assert!(again.try_recv().is_none());
+            drop(again);
+            until(|| q.stats().acked == 10).await;
+            let s = q.stats();
+            assert_eq!((s.enqueued, s.delivered, s.depth, s.in_flight, s.nacked), (10, 15, 0, 0, 0));
+        });
+    }
+
+    #[test]
+    fn a_batch_for_a_consumer_gone_before_the_queue_saw_it_go_comes_back_in_order() {
+        actix_rt::System::new().block_on(async {
+            let q = Queue::<u32>::start(config("batch-gone", Duration::from_secs(3600)), DlqSink::in_memory()).unwrap();
+            let c = q.consumer(8).await.unwrap();
+            // Sent before the queue runs again: it may dispatch them to the
+            // consumer before it takes the close (the batch then cannot be
+            // handed over) or after. Either way they all wait, in order.
+            drop(c);
+            for i in 0..6 {
+                q.send(i).await.unwrap();
+            }
+            until(|| q.depth() == 6 && q.in_flight() == 0).await;
+            let mut again = q.consumer(8).await.unwrap();
+            assert_eq!(take_acked(&mut again, 6).await, [0, 1, 2, 3, 4, 5]);
+            drop(again);
+            until(|| q.stats().acked == 6).await;
+            let s = q.stats();
+            assert_eq!((s.nacked, s.redelivered, s.depth, s.in_flight), (0, 0, 0, 0));
         });
     }
 
