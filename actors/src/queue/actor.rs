@@ -1190,6 +1190,10 @@ where
             match cmd {
                 Cmd::Enqueue(incoming) => self.accept(incoming, ctx),
                 Cmd::Overflow(incoming) => self.overflow(incoming, ctx),
+                // Closed before the queue saw it subscribe (its close came
+                // first, on the settle channel, and found nothing to
+                // remove): dropping `tx` ends its `recv`.
+                Cmd::Subscribe { link, .. } if link.consumer_closed() => {}
                 Cmd::Subscribe { tx, prefetch, link } => {
                     self.consumers.push(Slot {
                         id: link.consumer,
@@ -1346,6 +1350,32 @@ mod tests {
             until(|| q.stats().acked == 6).await;
             let s = q.stats();
             assert_eq!((s.nacked, s.redelivered, s.depth, s.in_flight), (0, 0, 0, 0));
+        });
+    }
+
+    #[test]
+    fn a_consumer_closed_at_once_from_another_arbiter_ends() {
+        actix_rt::System::new().block_on(async {
+            let q = Queue::<u32>::start(config("close-race", Duration::from_millis(5)), DlqSink::in_memory()).unwrap();
+            // The close may reach the queue before the subscription (two
+            // channels, two threads): the consumer must end either way.
+            let arbiter = actix_rt::Arbiter::new();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let target = q.clone();
+            arbiter.spawn(async move {
+                for _ in 0..500 {
+                    let mut c = target.consumer(4).await.unwrap();
+                    c.close();
+                    let end = tokio::time::timeout(Duration::from_secs(5), c.recv()).await;
+                    if !matches!(end, Ok(None)) {
+                        let _ = tx.send(false);
+                        return;
+                    }
+                }
+                let _ = tx.send(true);
+            });
+            assert!(rx.await.unwrap(), "a closed consumer's recv did not end");
+            arbiter.stop();
         });
     }
 

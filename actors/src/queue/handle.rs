@@ -497,6 +497,7 @@ impl<T: Send + 'static> QueueHandle<T> {
             tx: self.shared.settle.clone(),
             acks: Mutex::default(),
             more: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             // Half the prefetch: the queue refills the consumer's buffer
             // before it runs dry.
             batch: (prefetch / 2).clamp(1, MAX_HELD_ACKS),
@@ -675,6 +676,10 @@ impl<T> Consumer<T> {
     pub fn close(&mut self) {
         if !self.closed {
             self.closed = true;
+            // Before the close is sent: a queue that takes the close
+            // before the subscription must see it when the subscription
+            // comes.
+            self.link.closed.store(true, Ordering::Release);
             self.link.flush();
             let _ = self.link.tx.send(Settle::Close(self.id));
         }
@@ -755,6 +760,11 @@ pub(crate) struct Link {
     acks: Mutex<HeldAcks>,
     /// The consumer had more deliveries waiting when it last took one.
     more: AtomicBool,
+    /// The consumer was closed (or dropped). Its close travels on the
+    /// settle channel and its subscription on the command channel, so the
+    /// queue may see the close first: it then reads this when the
+    /// subscription comes, and never adds the consumer.
+    closed: AtomicBool,
     batch: usize,
 }
 
@@ -793,6 +803,11 @@ impl Link {
         if !receipts.is_empty() {
             let _ = self.tx.send(Settle::Acks(receipts));
         }
+    }
+
+    /// True once the consumer was closed or dropped.
+    pub(crate) fn consumer_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// The queue actor takes the acks held back; with `close`, later acks
