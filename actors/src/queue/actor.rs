@@ -147,12 +147,16 @@ struct Counts {
     permits: usize,
 }
 
-/// Up to `BURST` items waiting in `rx`: `None` once it is closed and empty.
+/// Up to `BURST` items waiting in a channel (`waiting` of them, as far as
+/// its length said): `None` once it is closed and empty.
 fn burst<T>(
     cx: &mut std::task::Context<'_>,
+    waiting: usize,
     poll: impl FnOnce(&mut std::task::Context<'_>, &mut Vec<T>, usize) -> std::task::Poll<usize>,
 ) -> std::task::Poll<Option<Vec<T>>> {
-    let mut items = Vec::new();
+    // Sized for what waits: a vector grown item by item would copy the
+    // burst about once more.
+    let mut items = Vec::with_capacity(waiting.min(BURST));
     poll(cx, &mut items, BURST).map(|n| (n > 0).then_some(items))
 }
 
@@ -333,9 +337,11 @@ where
         let actor_dlq = dlq.clone();
         let tick = config.tick;
         let create = move |ctx: &mut Context<Self>| {
-            ctx.add_stream(futures::stream::poll_fn(move |cx| burst(cx, |cx, b, n| rx.poll_recv_many(cx, b, n))));
             ctx.add_stream(futures::stream::poll_fn(move |cx| {
-                burst(cx, |cx, b, n| settle_rx.poll_recv_many(cx, b, n))
+                burst(cx, rx.len(), |cx, b, n| rx.poll_recv_many(cx, b, n))
+            }));
+            ctx.add_stream(futures::stream::poll_fn(move |cx| {
+                burst(cx, settle_rx.len(), |cx, b, n| settle_rx.poll_recv_many(cx, b, n))
             }));
             ctx.run_interval(tick, |act, ctx| act.tick(ctx));
             let aging_us = config.aging.map(|a| u64::try_from(a.as_micros()).unwrap_or(u64::MAX));
@@ -568,11 +574,11 @@ where
         self.count_ticket(&entry.env.payload, true);
         // `store` stamps the time it becomes ready (after the commit, when
         // durable).
-        match (stored, &self.store) {
+        match (stored.map(|s| *s), &self.store) {
             (Some((body, reply)), Some(_)) => {
                 entry.seq = self.next_row;
                 self.next_row += 1;
-                self.pending.push(Pending { entry, body, reply });
+                self.pending.push(Pending { entry: Box::new(entry), body, reply });
                 self.schedule_flush(ctx);
             }
             _ => self.store(entry, ctx),
@@ -580,18 +586,18 @@ where
     }
 
     /// Makes an accepted (and, when durable, committed) message ready.
-    fn store(&mut self, mut entry: Box<Entry<Body<T>>>, ctx: &mut Context<Self>) {
+    fn store(&mut self, mut entry: Entry<Body<T>>, ctx: &mut Context<Self>) {
         self.counts.enqueued += 1;
         entry.enqueued_us = self.now;
         if let Some(deadline) = entry.env.deadline {
             if entry.env.is_expired_at(Timestamp::now()) {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
-                self.dead_letter(entry, FailureReason::Expired, true, ctx);
+                self.dead_letter(Box::new(entry), FailureReason::Expired, true, ctx);
                 return;
             }
             self.expiry.push(Reverse((deadline, entry.env.id)));
         }
-        self.ready.push_back(*entry);
+        self.ready.push_back(entry);
     }
 
     /// A message that found the queue full under `drop_oldest` or
@@ -618,7 +624,7 @@ where
                 let Incoming { mut entry, stored } = incoming;
                 self.count_ticket(&entry.env.payload, true);
                 entry.enqueued_us = self.now;
-                (entry, None, stored.map(|(_, reply)| reply))
+                (Box::new(entry), None, stored.map(|s| s.1))
             }
         };
         if policy == OverflowPolicy::DropOldest {
@@ -695,7 +701,7 @@ where
             match res {
                 Ok(()) => {
                     for p in pending {
-                        act.store(p.entry, ctx);
+                        act.store(*p.entry, ctx);
                         let _ = p.reply.send(Ok(()));
                     }
                     if let Some(claims) = &act.claims {
@@ -735,7 +741,7 @@ where
         for loaded in found {
             match loaded {
                 // Tickets were counted in by `start_inner`.
-                Loaded::Ok(entry) => self.store(entry, ctx),
+                Loaded::Ok(entry) => self.store(*entry, ctx),
                 Loaded::Exhausted(entry) => {
                     let attempt = entry.env.attempt.saturating_sub(1);
                     let failure = FailureReason::Failed("delivery in flight at a stop or crash".into());

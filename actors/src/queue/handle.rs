@@ -135,11 +135,13 @@ pub(crate) type Committed = oneshot::Sender<Result<(), QueueError>>;
 
 /// A message for the actor; `stored` is set for durable queues.
 pub(crate) struct Incoming<T> {
-    /// Boxed once here: the queue then moves a pointer (through its channel
-    /// and its in-flight table), not the whole envelope, several times per
-    /// message.
-    pub(crate) entry: Box<Entry<Body<T>>>,
-    pub(crate) stored: Option<(StoredBody, Committed)>,
+    /// Not boxed: a box per message, thousands allocated before the queue
+    /// frees the first, costs more in the allocator than copying the entry
+    /// through the channel and the burst.
+    pub(crate) entry: Entry<Body<T>>,
+    /// Boxed: only durable sends have it, and every command would
+    /// otherwise carry its size (through the channel and the burst).
+    pub(crate) stored: Option<Box<(StoredBody, Committed)>>,
 }
 
 /// What a handle sends to the queue actor.
@@ -398,11 +400,11 @@ impl<T: Send + 'static> QueueHandle<T> {
         let (stored, committed) = match stored {
             Some(body) => {
                 let (tx, rx) = oneshot::channel();
-                (Some((body, tx)), Some(rx))
+                (Some(Box::new((body, tx))), Some(rx))
             }
             None => (None, None),
         };
-        let incoming = Incoming { entry: Box::new(Entry { env, enqueued_us: 0, seq: 0 }), stored };
+        let incoming = Incoming { entry: Entry { env, enqueued_us: 0, seq: 0 }, stored };
         let cmd = if overflow { Cmd::Overflow(incoming) } else { Cmd::Enqueue(incoming) };
         // As above: the awaiting send only when the channel is full.
         let sent = match self.tx.try_send(cmd) {
