@@ -772,7 +772,7 @@ where
             // Its acks held back count first (they give its credit back);
             // later ones come one by one.
             for receipt in self.consumers[idx].link.take(true) {
-                self.settle(Settle::Ack(receipt), ctx);
+                self.ack(receipt, ctx);
             }
             let slot = self.consumers.remove(idx);
             self.credit -= slot.prefetch.saturating_sub(slot.outstanding);
@@ -1062,9 +1062,10 @@ where
                 self.remove_consumer(id, ctx);
                 return;
             }
+            Settle::Ack(receipt) => return self.ack(receipt, ctx),
             Settle::Acks(receipts) => {
                 for receipt in receipts {
-                    self.settle(Settle::Ack(receipt), ctx);
+                    self.ack(receipt, ctx);
                 }
                 return;
             }
@@ -1090,37 +1091,17 @@ where
             other => other,
         };
         let receipt = match &settle {
-            Settle::Ack(r) | Settle::Expired(r) | Settle::Release(r) => *r,
+            Settle::Expired(r) | Settle::Release(r) => *r,
             Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } | Settle::Unclaimable { receipt, .. } => {
                 *receipt
             }
-            Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) | Settle::Flush(_) => return,
+            Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) | Settle::Flush(_) => return,
         };
         let Some(f) = self.in_flight.remove(&receipt) else {
-            // Settled after its visibility timeout: the message was already
-            // given to someone else (or dead-lettered). The consumer gets its
-            // credit back now.
-            if let Some(consumer) = self.timed_out.remove(&receipt) {
-                self.credit_back(consumer);
-            }
-            bump(&self.metrics.stale, &self.shared.stats.stale);
-            return;
+            return self.stale(receipt);
         };
         self.credit_back(f.consumer);
         match settle {
-            Settle::Ack(_) => {
-                self.counts.acked += 1;
-                if self.sample() {
-                    let took = self.now.saturating_sub(f.delivered_us);
-                    self.metrics.latency.record(Duration::from_micros(took).as_secs_f64());
-                }
-                if !self.histories.is_empty() {
-                    self.histories.remove(&f.entry.env.id);
-                }
-                self.leave(f.entry.seq, &f.entry.env.payload, ctx);
-                self.give_permit();
-                self.release(f.key);
-            }
             Settle::Nack { reason, delay, .. } => {
                 bump(&self.metrics.nacked, &self.shared.stats.nacked);
                 self.fail(Box::new(f.entry), f.key, reason, delay, ctx);
@@ -1149,15 +1130,45 @@ where
                 self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)), ctx);
                 self.requeue_front(f.entry, f.key);
             }
-            Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) | Settle::Flush(_) => {}
+            Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) | Settle::Flush(_) => {}
         }
+    }
+
+    /// An ack: the settle of nearly every delivery, on its own path (not
+    /// through the matching of a whole `Settle` that the others need).
+    fn ack(&mut self, receipt: u64, ctx: &mut Context<Self>) {
+        let Some(f) = self.in_flight.remove(&receipt) else {
+            return self.stale(receipt);
+        };
+        self.credit_back(f.consumer);
+        self.counts.acked += 1;
+        if self.sample() {
+            let took = self.now.saturating_sub(f.delivered_us);
+            self.metrics.latency.record(Duration::from_micros(took).as_secs_f64());
+        }
+        if !self.histories.is_empty() {
+            self.histories.remove(&f.entry.env.id);
+        }
+        self.leave(f.entry.seq, &f.entry.env.payload, ctx);
+        self.give_permit();
+        self.release(f.key);
+    }
+
+    /// A settle of `receipt` after its visibility timeout: the message was
+    /// already given to someone else (or dead-lettered). The consumer gets
+    /// its credit back now.
+    fn stale(&mut self, receipt: u64) {
+        if let Some(consumer) = self.timed_out.remove(&receipt) {
+            self.credit_back(consumer);
+        }
+        bump(&self.metrics.stale, &self.shared.stats.stale);
     }
 
     /// Applies the acks every consumer holds back (see `Link`).
     fn take_held_acks(&mut self, ctx: &mut Context<Self>) {
         for idx in 0..self.consumers.len() {
             for receipt in self.consumers[idx].link.take(false) {
-                self.settle(Settle::Ack(receipt), ctx);
+                self.ack(receipt, ctx);
             }
         }
     }
