@@ -1,8 +1,10 @@
 //! The `Queue` actor.
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,17 +149,33 @@ struct Counts {
     permits: usize,
 }
 
+/// A burst's vector, handed back by the handler once it took the items
+/// out: the next burst reuses it. A vector of up to 256 commands is a
+/// large allocation, and glibc consolidates its small free chunks before
+/// each one (then the next small allocations take its slow path).
+type Spare<T> = Rc<Cell<Vec<T>>>;
+
 /// Up to `BURST` items waiting in a channel (`waiting` of them, as far as
-/// its length said): `None` once it is closed and empty.
+/// its length said), in the `spare` vector: `None` once it is closed and
+/// empty.
 fn burst<T>(
     cx: &mut std::task::Context<'_>,
+    spare: &Spare<T>,
     waiting: usize,
     poll: impl FnOnce(&mut std::task::Context<'_>, &mut Vec<T>, usize) -> std::task::Poll<usize>,
 ) -> std::task::Poll<Option<Vec<T>>> {
-    // Sized for what waits: a vector grown item by item would copy the
+    let mut items = spare.take();
+    // Room for what waits: a vector grown item by item would copy the
     // burst about once more.
-    let mut items = Vec::with_capacity(waiting.min(BURST));
-    poll(cx, &mut items, BURST).map(|n| (n > 0).then_some(items))
+    items.reserve(waiting.min(BURST));
+    match poll(cx, &mut items, BURST) {
+        std::task::Poll::Ready(0) => std::task::Poll::Ready(None),
+        std::task::Poll::Ready(_) => std::task::Poll::Ready(Some(items)),
+        std::task::Poll::Pending => {
+            spare.set(items);
+            std::task::Poll::Pending
+        }
+    }
 }
 
 /// Hashes a receipt: one multiply (receipts are a counter, so the low bits
@@ -235,6 +253,9 @@ pub struct Queue<T> {
     /// plus what it found at start.
     permit_debt: u64,
     loaded: Vec<Loaded<T>>,
+    /// The burst vectors, for reuse (see `Spare`).
+    spare_cmds: Spare<Cmd<T>>,
+    spare_settles: Spare<Settle>,
 }
 
 impl<T> Queue<T>
@@ -337,11 +358,14 @@ where
         let actor_dlq = dlq.clone();
         let tick = config.tick;
         let create = move |ctx: &mut Context<Self>| {
+            let (spare_cmds, spare_settles) = (Spare::default(), Spare::default());
+            let spare = Rc::clone(&spare_cmds);
             ctx.add_stream(futures::stream::poll_fn(move |cx| {
-                burst(cx, rx.len(), |cx, b, n| rx.poll_recv_many(cx, b, n))
+                burst(cx, &spare, rx.len(), |cx, b, n| rx.poll_recv_many(cx, b, n))
             }));
+            let spare = Rc::clone(&spare_settles);
             ctx.add_stream(futures::stream::poll_fn(move |cx| {
-                burst(cx, settle_rx.len(), |cx, b, n| settle_rx.poll_recv_many(cx, b, n))
+                burst(cx, &spare, settle_rx.len(), |cx, b, n| settle_rx.poll_recv_many(cx, b, n))
             }));
             ctx.run_interval(tick, |act, ctx| act.tick(ctx));
             let aging_us = config.aging.map(|a| u64::try_from(a.as_micros()).unwrap_or(u64::MAX));
@@ -379,6 +403,8 @@ where
                 next_row,
                 permit_debt,
                 loaded,
+                spare_cmds,
+                spare_settles,
             }
         };
         match arbiter {
@@ -1201,9 +1227,9 @@ impl<T> StreamHandler<Vec<Cmd<T>>> for Queue<T>
 where
     T: QueueMessage,
 {
-    fn handle(&mut self, cmds: Vec<Cmd<T>>, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut cmds: Vec<Cmd<T>>, ctx: &mut Context<Self>) {
         self.stamp();
-        for cmd in cmds {
+        for cmd in cmds.drain(..) {
             match cmd {
                 Cmd::Enqueue(incoming) => self.accept(incoming, ctx),
                 Cmd::Overflow(incoming) => self.overflow(incoming, ctx),
@@ -1224,6 +1250,7 @@ where
                 }
             }
         }
+        self.spare_cmds.set(cmds);
         self.dispatch(ctx);
         self.publish();
     }
@@ -1238,11 +1265,12 @@ impl<T> StreamHandler<Vec<Settle>> for Queue<T>
 where
     T: QueueMessage,
 {
-    fn handle(&mut self, settles: Vec<Settle>, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut settles: Vec<Settle>, ctx: &mut Context<Self>) {
         self.stamp();
-        for settle in settles {
+        for settle in settles.drain(..) {
             self.settle(settle, ctx);
         }
+        self.spare_settles.set(settles);
         self.dispatch(ctx);
         self.publish();
     }

@@ -792,7 +792,8 @@ impl Link {
                 if held.receipts.len() < self.batch && self.more.load(Ordering::Relaxed) {
                     return;
                 }
-                Settle::Acks(std::mem::take(&mut held.receipts))
+                // The next batch's room at once, not grown ack by ack.
+                Settle::Acks(std::mem::replace(&mut held.receipts, Vec::with_capacity(self.batch)))
             }
         };
         // A queue that is gone needs no answer.
