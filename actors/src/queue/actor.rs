@@ -1,8 +1,10 @@
 //! The `Queue` actor.
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::handle::{
-    Body, ClaimSide, Cmd, Codec, Committed, Handed, Incoming, Link, QueueHandle, Settle, Shared, Stats, Typed,
+    Batch, Body, ClaimSide, Cmd, Codec, Committed, Handed, Incoming, Link, QueueHandle, Settle, Shared, Stats, Typed,
 };
 use super::ready::{Entry, Key, Ready};
 use super::store::{QueueBatch, QueueStore, StoredBody, StoredMessage};
@@ -78,7 +80,10 @@ struct Delayed<T> {
 
 struct Slot<T> {
     id: u64,
-    tx: mpsc::Sender<Handed<T>>,
+    tx: mpsc::UnboundedSender<Batch<T>>,
+    /// Deliveries made for it by the dispatch in progress, sent together
+    /// at its end.
+    batch: Batch<T>,
     prefetch: usize,
     outstanding: usize,
     link: Arc<Link>,
@@ -144,13 +149,33 @@ struct Counts {
     permits: usize,
 }
 
-/// Up to `BURST` items waiting in `rx`: `None` once it is closed and empty.
+/// A burst's vector, handed back by the handler once it took the items
+/// out: the next burst reuses it. A vector of up to 256 commands is a
+/// large allocation, and glibc consolidates its small free chunks before
+/// each one (then the next small allocations take its slow path).
+type Spare<T> = Rc<Cell<Vec<T>>>;
+
+/// Up to `BURST` items waiting in a channel (`waiting` of them, as far as
+/// its length said), in the `spare` vector: `None` once it is closed and
+/// empty.
 fn burst<T>(
     cx: &mut std::task::Context<'_>,
+    spare: &Spare<T>,
+    waiting: usize,
     poll: impl FnOnce(&mut std::task::Context<'_>, &mut Vec<T>, usize) -> std::task::Poll<usize>,
 ) -> std::task::Poll<Option<Vec<T>>> {
-    let mut items = Vec::new();
-    poll(cx, &mut items, BURST).map(|n| (n > 0).then_some(items))
+    let mut items = spare.take();
+    // Room for what waits: a vector grown item by item would copy the
+    // burst about once more.
+    items.reserve(waiting.min(BURST));
+    match poll(cx, &mut items, BURST) {
+        std::task::Poll::Ready(0) => std::task::Poll::Ready(None),
+        std::task::Poll::Ready(_) => std::task::Poll::Ready(Some(items)),
+        std::task::Poll::Pending => {
+            spare.set(items);
+            std::task::Poll::Pending
+        }
+    }
 }
 
 /// Hashes a receipt: one multiply (receipts are a counter, so the low bits
@@ -228,6 +253,9 @@ pub struct Queue<T> {
     /// plus what it found at start.
     permit_debt: u64,
     loaded: Vec<Loaded<T>>,
+    /// The burst vectors, for reuse (see `Spare`).
+    spare_cmds: Spare<Cmd<T>>,
+    spare_settles: Spare<Settle>,
 }
 
 impl<T> Queue<T>
@@ -330,9 +358,14 @@ where
         let actor_dlq = dlq.clone();
         let tick = config.tick;
         let create = move |ctx: &mut Context<Self>| {
-            ctx.add_stream(futures::stream::poll_fn(move |cx| burst(cx, |cx, b, n| rx.poll_recv_many(cx, b, n))));
+            let (spare_cmds, spare_settles) = (Spare::default(), Spare::default());
+            let spare = Rc::clone(&spare_cmds);
             ctx.add_stream(futures::stream::poll_fn(move |cx| {
-                burst(cx, |cx, b, n| settle_rx.poll_recv_many(cx, b, n))
+                burst(cx, &spare, rx.len(), |cx, b, n| rx.poll_recv_many(cx, b, n))
+            }));
+            let spare = Rc::clone(&spare_settles);
+            ctx.add_stream(futures::stream::poll_fn(move |cx| {
+                burst(cx, &spare, settle_rx.len(), |cx, b, n| settle_rx.poll_recv_many(cx, b, n))
             }));
             ctx.run_interval(tick, |act, ctx| act.tick(ctx));
             let aging_us = config.aging.map(|a| u64::try_from(a.as_micros()).unwrap_or(u64::MAX));
@@ -370,6 +403,8 @@ where
                 next_row,
                 permit_debt,
                 loaded,
+                spare_cmds,
+                spare_settles,
             }
         };
         match arbiter {
@@ -559,17 +594,20 @@ where
     }
 
     /// Takes a message that holds a place: ready at once, or once
-    /// committed on a durable queue.
+    /// committed on a durable queue. Inlined, like `store` and
+    /// `Ready::push_back`, so that an entry is not copied once per call on
+    /// its way from the burst to the ready set.
+    #[inline(always)]
     fn accept(&mut self, incoming: Incoming<T>, ctx: &mut Context<Self>) {
         let Incoming { mut entry, stored } = incoming;
         self.count_ticket(&entry.env.payload, true);
         // `store` stamps the time it becomes ready (after the commit, when
         // durable).
-        match (stored, &self.store) {
+        match (stored.map(|s| *s), &self.store) {
             (Some((body, reply)), Some(_)) => {
                 entry.seq = self.next_row;
                 self.next_row += 1;
-                self.pending.push(Pending { entry, body, reply });
+                self.pending.push(Pending { entry: Box::new(entry), body, reply });
                 self.schedule_flush(ctx);
             }
             _ => self.store(entry, ctx),
@@ -577,18 +615,19 @@ where
     }
 
     /// Makes an accepted (and, when durable, committed) message ready.
-    fn store(&mut self, mut entry: Box<Entry<Body<T>>>, ctx: &mut Context<Self>) {
+    #[inline(always)]
+    fn store(&mut self, mut entry: Entry<Body<T>>, ctx: &mut Context<Self>) {
         self.counts.enqueued += 1;
         entry.enqueued_us = self.now;
         if let Some(deadline) = entry.env.deadline {
             if entry.env.is_expired_at(Timestamp::now()) {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
-                self.dead_letter(entry, FailureReason::Expired, true, ctx);
+                self.dead_letter(Box::new(entry), FailureReason::Expired, true, ctx);
                 return;
             }
             self.expiry.push(Reverse((deadline, entry.env.id)));
         }
-        self.ready.push_back(*entry);
+        self.ready.push_back(entry);
     }
 
     /// A message that found the queue full under `drop_oldest` or
@@ -615,7 +654,7 @@ where
                 let Incoming { mut entry, stored } = incoming;
                 self.count_ticket(&entry.env.payload, true);
                 entry.enqueued_us = self.now;
-                (entry, None, stored.map(|(_, reply)| reply))
+                (Box::new(entry), None, stored.map(|s| s.1))
             }
         };
         if policy == OverflowPolicy::DropOldest {
@@ -692,7 +731,7 @@ where
             match res {
                 Ok(()) => {
                     for p in pending {
-                        act.store(p.entry, ctx);
+                        act.store(*p.entry, ctx);
                         let _ = p.reply.send(Ok(()));
                     }
                     if let Some(claims) = &act.claims {
@@ -732,7 +771,7 @@ where
         for loaded in found {
             match loaded {
                 // Tickets were counted in by `start_inner`.
-                Loaded::Ok(entry) => self.store(entry, ctx),
+                Loaded::Ok(entry) => self.store(*entry, ctx),
                 Loaded::Exhausted(entry) => {
                     let attempt = entry.env.attempt.saturating_sub(1);
                     let failure = FailureReason::Failed("delivery in flight at a stop or crash".into());
@@ -763,7 +802,7 @@ where
             // Its acks held back count first (they give its credit back);
             // later ones come one by one.
             for receipt in self.consumers[idx].link.take(true) {
-                self.settle(Settle::Ack(receipt), ctx);
+                self.ack(receipt, ctx);
             }
             let slot = self.consumers.remove(idx);
             self.credit -= slot.prefetch.saturating_sub(slot.outstanding);
@@ -796,36 +835,61 @@ where
             };
             self.next_receipt += 1;
             let receipt = self.next_receipt;
+            let waiting = self.ready.len();
             let slot = &mut self.consumers[idx];
-            let handed = Handed::of(&entry.env, receipt, &slot.link);
-            match slot.tx.try_send(handed) {
-                Ok(()) => {
-                    slot.outstanding += 1;
-                    let consumer = slot.id;
-                    self.credit -= 1;
-                    self.counts.delivered += 1;
-                    if self.sample() {
-                        let waited = now.saturating_sub(entry.enqueued_us);
-                        self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
-                    }
-                    let due_us = now.saturating_add(self.visibility_us);
-                    let (seq, attempt) = (entry.seq, entry.env.attempt);
-                    self.in_flight.insert(receipt, InFlight { entry, consumer, due_us, delivered_us: now, key });
-                    self.deadlines.push_back(receipt);
-                    // Recorded before the handler can crash the process,
-                    // so max_deliveries holds across restarts.
-                    self.note(seq, RowOp::Delivered(attempt), ctx);
-                }
-                Err(e) => {
-                    // The consumer is gone (or out of step): take the
-                    // delivery back without counting a failure.
-                    e.into_inner().settler().disarm();
-                    let id = slot.id;
-                    self.remove_consumer(id, ctx);
-                    self.requeue_front(entry, key);
-                }
+            if slot.batch.is_empty() {
+                // Room for what it can take of what waits: no regrowth.
+                slot.batch.reserve((slot.prefetch - slot.outstanding).min(waiting + 1));
+            }
+            slot.batch.push(Handed::of(&entry.env, receipt, &slot.link));
+            slot.outstanding += 1;
+            let consumer = slot.id;
+            self.credit -= 1;
+            self.counts.delivered += 1;
+            if self.sample() {
+                let waited = now.saturating_sub(entry.enqueued_us);
+                self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
+            }
+            let due_us = now.saturating_add(self.visibility_us);
+            let (seq, attempt) = (entry.seq, entry.env.attempt);
+            self.in_flight.insert(receipt, InFlight { entry, consumer, due_us, delivered_us: now, key });
+            self.deadlines.push_back(receipt);
+            // Recorded before the handler can crash the process, so
+            // max_deliveries holds across restarts.
+            self.note(seq, RowOp::Delivered(attempt), ctx);
+        }
+        self.hand_over(ctx);
+    }
+
+    /// Sends each consumer the batch the dispatch made for it. A consumer
+    /// that went away meanwhile is removed, and its batch goes back to the
+    /// front, in order, without counting an attempt; the others get it.
+    fn hand_over(&mut self, ctx: &mut Context<Self>) {
+        let mut gone = Vec::new();
+        for slot in &mut self.consumers {
+            if slot.batch.is_empty() {
+                continue;
+            }
+            if let Err(e) = slot.tx.send(std::mem::take(&mut slot.batch)) {
+                gone.push((slot.id, e.0));
             }
         }
+        if gone.is_empty() {
+            return;
+        }
+        for (id, batch) in gone {
+            self.remove_consumer(id, ctx);
+            let receipts = batch
+                .into_iter()
+                .map(|mut h| {
+                    let settler = h.settler();
+                    settler.disarm();
+                    settler.receipt()
+                })
+                .collect();
+            self.settle(Settle::Releases(receipts), ctx);
+        }
+        self.dispatch(ctx);
     }
 
     fn requeue_front(&mut self, entry: Entry<Body<T>>, key: Option<Key>) {
@@ -1028,9 +1092,18 @@ where
                 self.remove_consumer(id, ctx);
                 return;
             }
+            Settle::Ack(receipt) => return self.ack(receipt, ctx),
             Settle::Acks(receipts) => {
                 for receipt in receipts {
-                    self.settle(Settle::Ack(receipt), ctx);
+                    self.ack(receipt, ctx);
+                }
+                return;
+            }
+            Settle::Releases(receipts) => {
+                // Each goes to the front: the last first, so that they end
+                // up in the order they were delivered.
+                for receipt in receipts.into_iter().rev() {
+                    self.settle(Settle::Release(receipt), ctx);
                 }
                 return;
             }
@@ -1048,37 +1121,17 @@ where
             other => other,
         };
         let receipt = match &settle {
-            Settle::Ack(r) | Settle::Expired(r) | Settle::Release(r) => *r,
+            Settle::Expired(r) | Settle::Release(r) => *r,
             Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } | Settle::Unclaimable { receipt, .. } => {
                 *receipt
             }
-            Settle::Close(_) | Settle::Acks(_) | Settle::Flush(_) => return,
+            Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) | Settle::Flush(_) => return,
         };
         let Some(f) = self.in_flight.remove(&receipt) else {
-            // Settled after its visibility timeout: the message was already
-            // given to someone else (or dead-lettered). The consumer gets its
-            // credit back now.
-            if let Some(consumer) = self.timed_out.remove(&receipt) {
-                self.credit_back(consumer);
-            }
-            bump(&self.metrics.stale, &self.shared.stats.stale);
-            return;
+            return self.stale(receipt);
         };
         self.credit_back(f.consumer);
         match settle {
-            Settle::Ack(_) => {
-                self.counts.acked += 1;
-                if self.sample() {
-                    let took = self.now.saturating_sub(f.delivered_us);
-                    self.metrics.latency.record(Duration::from_micros(took).as_secs_f64());
-                }
-                if !self.histories.is_empty() {
-                    self.histories.remove(&f.entry.env.id);
-                }
-                self.leave(f.entry.seq, &f.entry.env.payload, ctx);
-                self.give_permit();
-                self.release(f.key);
-            }
             Settle::Nack { reason, delay, .. } => {
                 bump(&self.metrics.nacked, &self.shared.stats.nacked);
                 self.fail(Box::new(f.entry), f.key, reason, delay, ctx);
@@ -1107,15 +1160,45 @@ where
                 self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)), ctx);
                 self.requeue_front(f.entry, f.key);
             }
-            Settle::Close(_) | Settle::Acks(_) | Settle::Flush(_) => {}
+            Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) | Settle::Flush(_) => {}
         }
+    }
+
+    /// An ack: the settle of nearly every delivery, on its own path (not
+    /// through the matching of a whole `Settle` that the others need).
+    fn ack(&mut self, receipt: u64, ctx: &mut Context<Self>) {
+        let Some(f) = self.in_flight.remove(&receipt) else {
+            return self.stale(receipt);
+        };
+        self.credit_back(f.consumer);
+        self.counts.acked += 1;
+        if self.sample() {
+            let took = self.now.saturating_sub(f.delivered_us);
+            self.metrics.latency.record(Duration::from_micros(took).as_secs_f64());
+        }
+        if !self.histories.is_empty() {
+            self.histories.remove(&f.entry.env.id);
+        }
+        self.leave(f.entry.seq, &f.entry.env.payload, ctx);
+        self.give_permit();
+        self.release(f.key);
+    }
+
+    /// A settle of `receipt` after its visibility timeout: the message was
+    /// already given to someone else (or dead-lettered). The consumer gets
+    /// its credit back now.
+    fn stale(&mut self, receipt: u64) {
+        if let Some(consumer) = self.timed_out.remove(&receipt) {
+            self.credit_back(consumer);
+        }
+        bump(&self.metrics.stale, &self.shared.stats.stale);
     }
 
     /// Applies the acks every consumer holds back (see `Link`).
     fn take_held_acks(&mut self, ctx: &mut Context<Self>) {
         for idx in 0..self.consumers.len() {
             for receipt in self.consumers[idx].link.take(false) {
-                self.settle(Settle::Ack(receipt), ctx);
+                self.ack(receipt, ctx);
             }
         }
     }
@@ -1148,18 +1231,30 @@ impl<T> StreamHandler<Vec<Cmd<T>>> for Queue<T>
 where
     T: QueueMessage,
 {
-    fn handle(&mut self, cmds: Vec<Cmd<T>>, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut cmds: Vec<Cmd<T>>, ctx: &mut Context<Self>) {
         self.stamp();
-        for cmd in cmds {
+        for cmd in cmds.drain(..) {
             match cmd {
                 Cmd::Enqueue(incoming) => self.accept(incoming, ctx),
                 Cmd::Overflow(incoming) => self.overflow(incoming, ctx),
+                // Closed before the queue saw it subscribe (its close came
+                // first, on the settle channel, and found nothing to
+                // remove): dropping `tx` ends its `recv`.
+                Cmd::Subscribe { link, .. } if link.consumer_closed() => {}
                 Cmd::Subscribe { tx, prefetch, link } => {
-                    self.consumers.push(Slot { id: link.consumer, tx, prefetch, outstanding: 0, link });
+                    self.consumers.push(Slot {
+                        id: link.consumer,
+                        tx,
+                        batch: Vec::new(),
+                        prefetch,
+                        outstanding: 0,
+                        link,
+                    });
                     self.credit += prefetch;
                 }
             }
         }
+        self.spare_cmds.set(cmds);
         self.dispatch(ctx);
         self.publish();
     }
@@ -1174,11 +1269,12 @@ impl<T> StreamHandler<Vec<Settle>> for Queue<T>
 where
     T: QueueMessage,
 {
-    fn handle(&mut self, settles: Vec<Settle>, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut settles: Vec<Settle>, ctx: &mut Context<Self>) {
         self.stamp();
-        for settle in settles {
+        for settle in settles.drain(..) {
             self.settle(settle, ctx);
         }
+        self.spare_settles.set(settles);
         self.dispatch(ctx);
         self.publish();
     }
@@ -1237,6 +1333,98 @@ mod tests {
             until(|| q.stats().acked == 1).await;
             assert_eq!(q.in_flight(), 1);
             drop(c);
+        });
+    }
+
+    /// The payloads `c` receives until `n` came, each acked and first
+    /// delivered (a release is not an attempt).
+    async fn take_acked(c: &mut super::super::Consumer<u32>, n: usize) -> Vec<u32> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let d = tokio::time::timeout(Duration::from_secs(10), c.recv()).await.unwrap().unwrap();
+            assert_eq!(d.attempt(), 1);
+            got.push(*d.payload());
+            d.ack();
+        }
+        got
+    }
+
+    #[test]
+    fn a_dropped_consumer_gives_back_its_partly_taken_batches_in_order() {
+        actix_rt::System::new().block_on(async {
+            let q = Queue::<u32>::start(config("batch-drop", Duration::from_secs(3600)), DlqSink::in_memory()).unwrap();
+            let mut c = q.consumer(8).await.unwrap();
+            // Two batches: 0..4, then 4..8 once the first was handed over.
+            for i in 0..4 {
+                q.send(i).await.unwrap();
+            }
+            until(|| q.stats().delivered == 4).await;
+            for i in 4..10 {
+                q.send(i).await.unwrap();
+            }
+            until(|| q.stats().delivered == 8).await;
+            // Three taken from the first batch: one left in it, the second
+            // batch untouched in the channel, two not delivered (credit).
+            assert_eq!(take_acked(&mut c, 3).await, [0, 1, 2]);
+            drop(c);
+            until(|| q.in_flight() == 0 && q.depth() == 7).await;
+            let s = q.stats();
+            assert_eq!((s.acked, s.delivered, s.nacked, s.redelivered, s.stale_settles), (3, 8, 0, 0, 0));
+            let mut again = q.consumer(16).await.unwrap();
+            assert_eq!(take_acked(&mut again, 7).await, [3, 4, 5, 6, 7, 8, 9]);
+            assert!(again.try_recv().is_none());
+            drop(again);
+            until(|| q.stats().acked == 10).await;
+            let s = q.stats();
+            assert_eq!((s.enqueued, s.delivered, s.depth, s.in_flight, s.nacked), (10, 15, 0, 0, 0));
+        });
+    }
+
+    #[test]
+    fn a_batch_for_a_consumer_gone_before_the_queue_saw_it_go_comes_back_in_order() {
+        actix_rt::System::new().block_on(async {
+            let q = Queue::<u32>::start(config("batch-gone", Duration::from_secs(3600)), DlqSink::in_memory()).unwrap();
+            let c = q.consumer(8).await.unwrap();
+            // Sent before the queue runs again: it may dispatch them to the
+            // consumer before it takes the close (the batch then cannot be
+            // handed over) or after. Either way they all wait, in order.
+            drop(c);
+            for i in 0..6 {
+                q.send(i).await.unwrap();
+            }
+            until(|| q.depth() == 6 && q.in_flight() == 0).await;
+            let mut again = q.consumer(8).await.unwrap();
+            assert_eq!(take_acked(&mut again, 6).await, [0, 1, 2, 3, 4, 5]);
+            drop(again);
+            until(|| q.stats().acked == 6).await;
+            let s = q.stats();
+            assert_eq!((s.nacked, s.redelivered, s.depth, s.in_flight), (0, 0, 0, 0));
+        });
+    }
+
+    #[test]
+    fn a_consumer_closed_at_once_from_another_arbiter_ends() {
+        actix_rt::System::new().block_on(async {
+            let q = Queue::<u32>::start(config("close-race", Duration::from_millis(5)), DlqSink::in_memory()).unwrap();
+            // The close may reach the queue before the subscription (two
+            // channels, two threads): the consumer must end either way.
+            let arbiter = actix_rt::Arbiter::new();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let target = q.clone();
+            arbiter.spawn(async move {
+                for _ in 0..500 {
+                    let mut c = target.consumer(4).await.unwrap();
+                    c.close();
+                    let end = tokio::time::timeout(Duration::from_secs(5), c.recv()).await;
+                    if !matches!(end, Ok(None)) {
+                        let _ = tx.send(false);
+                        return;
+                    }
+                }
+                let _ = tx.send(true);
+            });
+            assert!(rx.await.unwrap(), "a closed consumer's recv did not end");
+            arbiter.stop();
         });
     }
 

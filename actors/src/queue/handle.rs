@@ -135,11 +135,13 @@ pub(crate) type Committed = oneshot::Sender<Result<(), QueueError>>;
 
 /// A message for the actor; `stored` is set for durable queues.
 pub(crate) struct Incoming<T> {
-    /// Boxed once here: the queue then moves a pointer (through its channel
-    /// and its in-flight table), not the whole envelope, several times per
-    /// message.
-    pub(crate) entry: Box<Entry<Body<T>>>,
-    pub(crate) stored: Option<(StoredBody, Committed)>,
+    /// Not boxed: a box per message, thousands allocated before the queue
+    /// frees the first, costs more in the allocator than copying the entry
+    /// through the channel and the burst.
+    pub(crate) entry: Entry<Body<T>>,
+    /// Boxed: only durable sends have it, and every command would
+    /// otherwise carry its size (through the channel and the burst).
+    pub(crate) stored: Option<Box<(StoredBody, Committed)>>,
 }
 
 /// What a handle sends to the queue actor.
@@ -150,7 +152,7 @@ pub(crate) enum Cmd<T> {
     /// `dead_letter`): the actor applies the policy.
     Overflow(Incoming<T>),
     /// A new consumer.
-    Subscribe { tx: mpsc::Sender<Handed<T>>, prefetch: usize, link: Arc<Link> },
+    Subscribe { tx: mpsc::UnboundedSender<Batch<T>>, prefetch: usize, link: Arc<Link> },
 }
 
 /// How a delivery (or a consumer) ends, sent to the queue actor.
@@ -172,6 +174,9 @@ pub(crate) enum Settle {
     /// Never handled (still buffered in a consumer that went away): back to
     /// the front, not counted as an attempt.
     Release(u64),
+    /// [`Release`](Settle::Release) of several, in the order they were
+    /// delivered (they go back in that order, ahead of the rest).
+    Releases(Vec<u64>),
     /// The consumer takes nothing more (what it holds is still delivered).
     Close(u64),
     /// The payload could not be claimed: dead-letter it.
@@ -395,11 +400,11 @@ impl<T: Send + 'static> QueueHandle<T> {
         let (stored, committed) = match stored {
             Some(body) => {
                 let (tx, rx) = oneshot::channel();
-                (Some((body, tx)), Some(rx))
+                (Some(Box::new((body, tx))), Some(rx))
             }
             None => (None, None),
         };
-        let incoming = Incoming { entry: Box::new(Entry { env, enqueued_us: 0, seq: 0 }), stored };
+        let incoming = Incoming { entry: Entry { env, enqueued_us: 0, seq: 0 }, stored };
         let cmd = if overflow { Cmd::Overflow(incoming) } else { Cmd::Enqueue(incoming) };
         // As above: the awaiting send only when the channel is full.
         let sent = match self.tx.try_send(cmd) {
@@ -485,19 +490,31 @@ impl<T: Send + 'static> QueueHandle<T> {
     pub async fn consumer(&self, prefetch: usize) -> Result<Consumer<T>, QueueError> {
         let prefetch = prefetch.max(1);
         let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(prefetch);
+        // Unbounded, yet bounded by the credit: the queue hands a consumer
+        // at most `prefetch` unsettled deliveries, so at most that many
+        // batches.
+        let (tx, rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             consumer: id,
             tx: self.shared.settle.clone(),
             acks: Mutex::default(),
             more: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             // Half the prefetch: the queue refills the consumer's buffer
             // before it runs dry.
             batch: (prefetch / 2).clamp(1, MAX_HELD_ACKS),
         });
         let subscribe = Cmd::Subscribe { tx, prefetch, link: Arc::clone(&link) };
         self.tx.send(subscribe).await.map_err(|_| self.closed())?;
-        Ok(Consumer { id, rx, link, closed: false, typed: Arc::clone(&self.typed), stash: None })
+        Ok(Consumer {
+            id,
+            rx,
+            buf: Vec::new().into_iter(),
+            link,
+            closed: false,
+            typed: Arc::clone(&self.typed),
+            stash: None,
+        })
     }
 
     /// The queue's counters and sizes.
@@ -529,8 +546,9 @@ impl<T: Send + 'static> QueueHandle<T> {
 
 /// Receives deliveries from one queue, at most `prefetch` unsettled at a
 /// time. Dropping it: the queue sends it nothing more, and deliveries it had
-/// buffered but not returned go back to the queue without counting an
-/// attempt (deliveries already returned settle through their own drop).
+/// buffered but not returned go back to the front of the queue, in the
+/// order they were delivered, without counting an attempt (deliveries
+/// already returned settle through their own drop).
 ///
 /// A message that travelled as a claim-check ticket is claimed (verified)
 /// before [`recv`](Self::recv) returns it, so callers only see payloads; one
@@ -538,7 +556,11 @@ impl<T: Send + 'static> QueueHandle<T> {
 /// reason `claim_check` and skipped.
 pub struct Consumer<T> {
     id: u64,
-    rx: mpsc::Receiver<Handed<T>>,
+    rx: mpsc::UnboundedReceiver<Batch<T>>,
+    /// The rest of the batch last taken from `rx`: the queue hands over
+    /// what one dispatch made for this consumer as one channel item, and
+    /// `recv` takes them from here one by one.
+    buf: std::vec::IntoIter<Handed<T>>,
     link: Arc<Link>,
     closed: bool,
     typed: Arc<Typed<T>>,
@@ -561,9 +583,12 @@ impl<T> Consumer<T> {
         loop {
             let handed = match self.waiting() {
                 Some(h) => h,
-                None => self.rx.recv().await?,
+                None => {
+                    self.buf = self.rx.recv().await?.into_iter();
+                    continue;
+                }
             };
-            self.link.more.store(!self.rx.is_empty(), Ordering::Relaxed);
+            self.link.more.store(self.buf.len() > 0 || !self.rx.is_empty(), Ordering::Relaxed);
             let (d, ticket) = match Self::fresh(handed) {
                 Some(Handed::Ready(d)) => return Some(d),
                 Some(Handed::Ticket(d, ticket)) => (d, ticket),
@@ -585,7 +610,7 @@ impl<T> Consumer<T> {
     pub fn try_recv(&mut self) -> Option<Delivery<T>> {
         loop {
             let handed = self.waiting()?;
-            self.link.more.store(!self.rx.is_empty(), Ordering::Relaxed);
+            self.link.more.store(self.buf.len() > 0 || !self.rx.is_empty(), Ordering::Relaxed);
             let (d, ticket) = match Self::fresh(handed) {
                 Some(Handed::Ready(d)) => return Some(d),
                 Some(Handed::Ticket(d, ticket)) => (d, ticket),
@@ -603,17 +628,25 @@ impl<T> Consumer<T> {
         }
     }
 
-    /// The stashed delivery or one already in the channel. When there is
-    /// none the consumer is about to wait, so what acks it held back go now.
+    /// The stashed delivery, or the next one buffered or in the channel.
+    /// When there is none the consumer is about to wait, so what acks it
+    /// held back go now.
     fn waiting(&mut self) -> Option<Handed<T>> {
         if let Some(h) = self.stash.take() {
             return Some(h);
         }
-        let next = self.rx.try_recv().ok();
-        if next.is_none() {
-            self.link.flush();
+        loop {
+            if let Some(h) = self.buf.next() {
+                return Some(h);
+            }
+            match self.rx.try_recv() {
+                Ok(batch) => self.buf = batch.into_iter(),
+                Err(_) => {
+                    self.link.flush();
+                    return None;
+                }
+            }
         }
-        next
     }
 
     fn fresh(mut h: Handed<T>) -> Option<Handed<T>> {
@@ -645,6 +678,10 @@ impl<T> Consumer<T> {
     pub fn close(&mut self) {
         if !self.closed {
             self.closed = true;
+            // Before the close is sent: a queue that takes the close
+            // before the subscription must see it when the subscription
+            // comes.
+            self.link.closed.store(true, Ordering::Release);
             self.link.flush();
             let _ = self.link.tx.send(Settle::Close(self.id));
         }
@@ -669,11 +706,24 @@ impl<T> Drop for Consumer<T> {
         // The queue stops sending to this consumer; deliveries still
         // buffered were never seen by a handler and go back as they were.
         self.close();
-        if let Some(mut h) = self.stash.take() {
-            h.settler().send(Settle::Release);
+        // In the order they were delivered (the stash came first), as one
+        // settle: the queue puts them back ahead of the rest in that order.
+        let mut receipts = Vec::new();
+        let mut give_back = |mut h: Handed<T>| {
+            let settler = h.settler();
+            if !settler.done {
+                settler.done = true;
+                receipts.push(settler.receipt);
+            }
+        };
+        self.stash.take().into_iter().for_each(&mut give_back);
+        std::mem::take(&mut self.buf).for_each(&mut give_back);
+        while let Ok(batch) = self.rx.try_recv() {
+            batch.into_iter().for_each(&mut give_back);
         }
-        while let Ok(mut h) = self.rx.try_recv() {
-            h.settler().send(Settle::Release);
+        if !receipts.is_empty() {
+            // A queue that is gone needs no answer.
+            let _ = self.link.tx.send(Settle::Releases(receipts));
         }
     }
 }
@@ -712,6 +762,11 @@ pub(crate) struct Link {
     acks: Mutex<HeldAcks>,
     /// The consumer had more deliveries waiting when it last took one.
     more: AtomicBool,
+    /// The consumer was closed (or dropped). Its close travels on the
+    /// settle channel and its subscription on the command channel, so the
+    /// queue may see the close first: it then reads this when the
+    /// subscription comes, and never adds the consumer.
+    closed: AtomicBool,
     batch: usize,
 }
 
@@ -737,7 +792,8 @@ impl Link {
                 if held.receipts.len() < self.batch && self.more.load(Ordering::Relaxed) {
                     return;
                 }
-                Settle::Acks(std::mem::take(&mut held.receipts))
+                // The next batch's room at once, not grown ack by ack.
+                Settle::Acks(std::mem::replace(&mut held.receipts, Vec::with_capacity(self.batch)))
             }
         };
         // A queue that is gone needs no answer.
@@ -750,6 +806,11 @@ impl Link {
         if !receipts.is_empty() {
             let _ = self.tx.send(Settle::Acks(receipts));
         }
+    }
+
+    /// True once the consumer was closed or dropped.
+    pub(crate) fn consumer_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// The queue actor takes the acks held back; with `close`, later acks
@@ -835,6 +896,10 @@ pub struct Delivery<T> {
     envelope: Box<Envelope<T>>,
     settler: Settler,
 }
+
+/// What one dispatch hands one consumer, in delivery order: one channel
+/// item (one send, one wake-up) for all of them.
+pub(crate) type Batch<T> = Vec<Handed<T>>;
 
 /// What the queue hands a consumer: a delivery as it will be returned, or
 /// the envelope and ticket of one whose payload the consumer claims first.

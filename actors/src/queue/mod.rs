@@ -21,6 +21,8 @@
 //!
 //! - **Credit.** A consumer is given at most `prefetch` unsettled deliveries;
 //!   settling one makes room for the next. Consumers are served round-robin.
+//!   What one pass of the queue delivers to a consumer reaches it as one
+//!   batch (one channel item, one wake-up), which `recv` takes from one by one.
 //!   While a consumer has more deliveries waiting, its acks go to the queue
 //!   together: once half its prefetch (at most 64) piled up, when it is
 //!   about to wait or goes away, or at the queue's next tick, whichever is

@@ -72,6 +72,7 @@ impl<T> Ready<T> {
     }
 
     /// Adds a new message at the back.
+    #[inline(always)]
     pub(crate) fn push_back(&mut self, entry: Entry<T>) {
         self.len += 1;
         if let Some(key) = self.key_of(&entry.env) {
