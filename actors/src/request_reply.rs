@@ -654,7 +654,19 @@ impl<S: Service> Actor for ServiceActor<S> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(Duration::from_secs(1), |act, _| act.flush_latencies());
+        // A timer of the actor's own (`run_interval`) would be polled at
+        // every wake-up of the actor, that is at every request: a task
+        // beside it sends a flush once a second instead. `do_send`, like a
+        // supervisor command, because a flush must not wait behind a full
+        // mailbox, and it is one message a second.
+        let me = ctx.address().downgrade();
+        actix::spawn(async move {
+            loop {
+                actix_rt::time::sleep(Duration::from_secs(1)).await;
+                let Some(addr) = me.upgrade() else { break };
+                addr.do_send(FlushLatencies);
+            }
+        });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -718,6 +730,19 @@ impl<S: Service> Handler<Ask<S::Request>> for ServiceActor<S> {
             act.record_latency(started);
             act.finish(state, outcome, reply, ctx);
         }));
+    }
+}
+
+/// Records the latency samples a service holds (see [`LATENCY_BATCH`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushLatencies;
+
+impl<S: Service> Handler<FlushLatencies> for ServiceActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushLatencies, _: &mut Context<Self>) {
+        self.flush_latencies();
     }
 }
 
