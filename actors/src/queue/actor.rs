@@ -879,14 +879,7 @@ where
         }
         for (id, batch) in gone {
             self.remove_consumer(id, ctx);
-            let receipts = batch
-                .into_iter()
-                .map(|mut h| {
-                    let settler = h.settler();
-                    settler.disarm();
-                    settler.receipt()
-                })
-                .collect();
+            let receipts = batch.into_iter().filter_map(|mut h| h.settler().take_receipt()).collect();
             self.settle(Settle::Releases(receipts), ctx);
         }
         self.dispatch(ctx);
@@ -1440,12 +1433,12 @@ mod tests {
             let mut c = q.consumer(2).await.unwrap();
             q.send(7).await.unwrap();
             let (_, mut first) = c.recv().await.unwrap().into_parts();
-            first.disarm();
+            let first = first.take_receipt().unwrap();
             // Timed out and delivered again (the consumer kept its credit).
             let (env, mut again) = c.recv().await.unwrap().into_parts();
-            again.disarm();
+            let again = again.take_receipt().unwrap();
             assert_eq!(env.attempt, 2);
-            let sent = q.shared.settle.send(Settle::Acks(vec![first.receipt(), again.receipt()]));
+            let sent = q.shared.settle.send(Settle::Acks(vec![first, again]));
             assert!(sent.is_ok());
             until(|| q.stats().acked == 1).await;
             let s = q.stats();

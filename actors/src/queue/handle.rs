@@ -709,13 +709,7 @@ impl<T> Drop for Consumer<T> {
         // In the order they were delivered (the stash came first), as one
         // settle: the queue puts them back ahead of the rest in that order.
         let mut receipts = Vec::new();
-        let mut give_back = |mut h: Handed<T>| {
-            let settler = h.settler();
-            if !settler.done {
-                settler.done = true;
-                receipts.push(settler.receipt);
-            }
-        };
+        let mut give_back = |mut h: Handed<T>| receipts.extend(h.settler().take_receipt());
         self.stash.take().into_iter().for_each(&mut give_back);
         std::mem::take(&mut self.buf).for_each(&mut give_back);
         while let Ok(batch) = self.rx.try_recv() {
@@ -831,9 +825,10 @@ impl Settler {
         }
     }
 
-    /// Disarms it (a delivery that never reached a consumer).
-    pub(crate) fn disarm(&mut self) {
-        self.done = true;
+    /// Disarms it and gives its receipt, unless it was settled already:
+    /// for deliveries that go back to the queue as they were.
+    pub(crate) fn take_receipt(&mut self) -> Option<u64> {
+        (!std::mem::replace(&mut self.done, true)).then_some(self.receipt)
     }
 
     /// The delivery's receipt: unique per delivery of a queue.
