@@ -656,15 +656,22 @@ impl<S: Service> Actor for ServiceActor<S> {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // A timer of the actor's own (`run_interval`) would be polled at
         // every wake-up of the actor, that is at every request: a task
-        // beside it sends a flush once a second instead. `do_send`, like a
-        // supervisor command, because a flush must not wait behind a full
-        // mailbox, and it is one message a second.
+        // beside it sends a flush once a second instead. It waits for each
+        // flush to be taken before the next, so a service stuck in a long
+        // handler holds one flush, not one per second. Sent through a fresh
+        // sender, like a supervisor command: it gets in even when requests
+        // fill the mailbox (one over the bound at most).
         let me = ctx.address().downgrade();
         actix::spawn(async move {
             loop {
                 actix_rt::time::sleep(Duration::from_secs(1)).await;
                 let Some(addr) = me.upgrade() else { break };
-                addr.do_send(FlushLatencies);
+                let flushed = addr.send(FlushLatencies);
+                // Not kept alive by its own flush task.
+                drop(addr);
+                if flushed.await.is_err() {
+                    break;
+                }
             }
         });
     }
