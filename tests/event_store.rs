@@ -211,7 +211,7 @@ async fn metadata_round_trips() {
 }
 
 /// Collects `n` events from a subscription, failing after a generous timeout.
-async fn collect(sub: &mut Subscription, n: usize, pause_at: Option<usize>) -> Vec<RecordedEvent> {
+async fn collect(sub: &mut Subscription, n: usize, stall_at: Option<(usize, &dyn Fn() -> bool)>) -> Vec<RecordedEvent> {
     let mut got = Vec::with_capacity(n);
     while got.len() < n {
         let next = actix_rt::time::timeout(Duration::from_secs(30), sub.next())
@@ -220,11 +220,17 @@ async fn collect(sub: &mut Subscription, n: usize, pause_at: Option<usize>) -> V
             .expect("subscription ended")
             .expect("subscription failed");
         got.push(next);
-        if pause_at == Some(got.len()) {
+        if let Some((at, until)) = stall_at.filter(|(at, _)| *at == got.len()) {
             // A consumer that stalls while commits pour in: the store must
             // drop it from the live set and let it catch up from storage
-            // instead of buffering for it.
-            actix_rt::time::sleep(Duration::from_millis(300)).await;
+            // instead of buffering for it. It stalls until that happened (not
+            // for a fixed time, which a slow disk can outlast).
+            let waited = actix_rt::time::timeout(Duration::from_secs(30), async {
+                while !until() {
+                    actix_rt::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            waited.await.unwrap_or_else(|_| panic!("the stall at event {at} never ended"));
         }
     }
     got
@@ -261,9 +267,10 @@ async fn catch_up_subscription_during_10k_appends_gets_each_event_once_in_order(
     });
     let writers: Vec<_> = writers.collect();
     let total = (HISTORY + 10_000) as usize;
+    let overflowed = || store.live_fallbacks() > fallbacks_before;
     let (fast_got, slow_got, stream_got) = futures::join!(
         collect(&mut fast, total, None),
-        collect(&mut slow, total - HISTORY as usize, Some(1)),
+        collect(&mut slow, total - HISTORY as usize, Some((1, &overflowed))),
         collect(&mut one_stream, 1250, None),
     );
     for w in writers {
@@ -567,16 +574,18 @@ async fn max_age_hides_events_older_than_the_age() {
     use actorbus::actors::store::Direction::{Backward, Forward};
     for (_dir, store) in both_backends() {
         store.append("clicks", ExpectedVersion::NoStream, (0..3).map(ev).collect()).await.unwrap();
-        actix_rt::time::sleep(Duration::from_millis(400)).await;
+        // Wide margins: the fresh events must still be fresh at the reads
+        // below on a loaded machine, where a commit can take a while.
+        actix_rt::time::sleep(Duration::from_millis(1500)).await;
         store.append("clicks", ExpectedVersion::Exact(2), (3..5).map(ev).collect()).await.unwrap();
-        let meta = StreamMetadata::default().max_age(Duration::from_millis(250));
+        let meta = StreamMetadata::default().max_age(Duration::from_millis(1000));
         store.set_stream_metadata("clicks", meta).await.unwrap();
         assert_eq!(store.stream_metadata("clicks").await.unwrap(), meta);
         // A page of old events alone is skipped, not returned empty.
         assert_eq!(versions(&store.read_stream("clicks", 0, Forward, 2).await.unwrap()), [3, 4]);
         assert_eq!(versions(&store.read_stream("clicks", 0, Forward, 100).await.unwrap()), [3, 4]);
         assert_eq!(versions(&store.read_stream("clicks", u64::MAX, Backward, 100).await.unwrap()), [4, 3]);
-        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        actix_rt::time::sleep(Duration::from_millis(1100)).await;
         assert!(store.read_stream("clicks", 0, Forward, 100).await.unwrap().is_empty(), "all aged out");
         assert_eq!(store.stream_version("clicks").await.unwrap(), Some(4), "nothing was deleted");
     }
