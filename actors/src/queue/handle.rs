@@ -831,7 +831,8 @@ impl Settler {
         (!std::mem::replace(&mut self.done, true)).then_some(self.receipt)
     }
 
-    /// The delivery's receipt: unique per delivery of a queue.
+    /// The delivery's receipt: no other delivery of the queue within 2^32
+    /// of it (in delivery order) has the same.
     pub fn receipt(&self) -> u64 {
         self.receipt
     }
@@ -887,8 +888,10 @@ impl Drop for Settler {
 /// attempt.
 #[derive(Debug)]
 pub struct Delivery<T> {
-    /// Boxed: moved through the consumer's channel and `recv` as a pointer.
-    envelope: Box<Envelope<T>>,
+    /// Not boxed: a box per delivery (allocated by the queue's thread, freed
+    /// by the consumer's) costs more than the few copies of the envelope
+    /// between the batch and the caller.
+    envelope: Envelope<T>,
     settler: Settler,
 }
 
@@ -911,9 +914,9 @@ impl<T: Clone> Handed<T> {
         let link = Arc::clone(link);
         match &env.payload {
             Body::Inline(t) => {
-                Handed::Ready(Delivery::new(Box::new(env.meta().with_payload(t.clone())), receipt, link))
+                Handed::Ready(Delivery::new(env.meta().with_payload(t.clone()), receipt, link))
             }
-            Body::Claimed(ticket) => Handed::Ticket(Delivery::new(Box::new(env.meta()), receipt, link), ticket.clone()),
+            Body::Claimed(ticket) => Handed::Ticket(Delivery::new(env.meta(), receipt, link), ticket.clone()),
         }
     }
 }
@@ -928,14 +931,13 @@ impl<T> Handed<T> {
 }
 
 impl<T> Delivery<T> {
-    fn new(envelope: Box<Envelope<T>>, receipt: u64, link: Arc<Link>) -> Self {
+    fn new(envelope: Envelope<T>, receipt: u64, link: Arc<Link>) -> Self {
         Delivery { envelope, settler: Settler { receipt, link, done: false } }
     }
 
     fn with_payload<U>(self, payload: U) -> Delivery<U> {
         let Delivery { envelope, settler } = self;
-        let (meta, _) = envelope.split();
-        Delivery { envelope: Box::new(meta.with_payload(payload)), settler }
+        Delivery { envelope: envelope.map(|_| payload), settler }
     }
 
     /// The envelope (its `attempt` is this delivery's attempt).
@@ -966,7 +968,7 @@ impl<T> Delivery<T> {
     /// The envelope and the settler, apart (to move the payload into a
     /// handler and settle after).
     pub fn into_parts(self) -> (Envelope<T>, Settler) {
-        (*self.envelope, self.settler)
+        (self.envelope, self.settler)
     }
 
     /// Done: the message leaves the queue.
