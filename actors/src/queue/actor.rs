@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::handle::{
     Batch, Body, ClaimSide, Cmd, Codec, Committed, Handed, Incoming, Link, QueueHandle, Settle, Shared, Stats, Typed,
 };
+use super::inbox;
 use super::ready::{Entry, Key, Ready};
 use super::store::{QueueBatch, QueueStore, StoredBody, StoredMessage};
 use super::{QueueConfig, QueueError, QueueMessage};
@@ -31,10 +32,10 @@ const SAMPLES_PER_TICK: u32 = 256;
 /// Most new messages a durable queue writes in one transaction.
 const MAX_BATCH: usize = 4096;
 
-/// Most commands (or settles) the actor takes from its channel per handler
-/// call: the fixed costs of a call (an actix stream item, the dispatch, the
-/// clock read, the shared counters) are paid once per burst, not per
-/// message.
+/// Most settles the actor takes from their channel per handler call (it
+/// takes its command inbox whole): the fixed costs of a call (an actix
+/// stream item, the dispatch, the clock read, the shared counters) are paid
+/// once per burst, not per message.
 const BURST: usize = 256;
 
 /// A durable queue's change to a stored row, not written yet.
@@ -154,9 +155,9 @@ struct Counts {
 /// each one (then the next small allocations take its slow path).
 type Spare<T> = Rc<Cell<Vec<T>>>;
 
-/// Up to `BURST` items waiting in a channel (`waiting` of them, as far as
-/// its length said), in the `spare` vector: `None` once it is closed and
-/// empty.
+/// Up to `BURST` items waiting in a channel or inbox (`waiting` of them, as
+/// far as its length said), in the `spare` vector: `None` once it is closed
+/// and empty.
 fn burst<T>(
     cx: &mut std::task::Context<'_>,
     spare: &Spare<T>,
@@ -368,7 +369,7 @@ where
         let found = loaded.len();
         let permits = config.capacity.saturating_sub(found).min(Semaphore::MAX_PERMITS);
         let permit_debt = found.saturating_sub(config.capacity) as u64;
-        let (tx, mut rx) = mpsc::channel::<Cmd<T>>(config.capacity.clamp(16, 4096));
+        let (tx, mut rx) = inbox::inbox::<Cmd<T>>(config.capacity.clamp(16, 4096));
         let (settle, mut settle_rx) = mpsc::unbounded_channel::<Settle>();
         let shared = Arc::new(Shared {
             name: name.clone(),
@@ -410,9 +411,7 @@ where
         let create = move |ctx: &mut Context<Self>| {
             let (spare_cmds, spare_settles) = (Spare::default(), Spare::default());
             let spare = Rc::clone(&spare_cmds);
-            ctx.add_stream(futures::stream::poll_fn(move |cx| {
-                burst(cx, &spare, rx.len(), |cx, b, n| rx.poll_recv_many(cx, b, n))
-            }));
+            ctx.add_stream(futures::stream::poll_fn(move |cx| burst(cx, &spare, 0, |cx, b, _| rx.poll_take(cx, b))));
             let spare = Rc::clone(&spare_settles);
             ctx.add_stream(futures::stream::poll_fn(move |cx| {
                 burst(cx, &spare, settle_rx.len(), |cx, b, n| settle_rx.poll_recv_many(cx, b, n))

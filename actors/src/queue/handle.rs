@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::inbox;
 use super::ready::Entry;
 use super::store::StoredBody;
 use super::QueueError;
@@ -300,7 +301,7 @@ pub(crate) struct Shared {
 
 /// The sending side of a queue: cheap to clone, usable from any arbiter.
 pub struct QueueHandle<T> {
-    pub(crate) tx: mpsc::Sender<Cmd<T>>,
+    pub(crate) tx: inbox::Sender<Cmd<T>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) typed: Arc<Typed<T>>,
 }
@@ -409,8 +410,8 @@ impl<T: Send + 'static> QueueHandle<T> {
         // As above: the awaiting send only when the channel is full.
         let sent = match self.tx.try_send(cmd) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(cmd)) => self.tx.send(cmd).await.map_err(drop),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            Err(inbox::SendError::Full(cmd)) => self.tx.send(cmd).await.map_err(drop),
+            Err(inbox::SendError::Closed(_)) => Err(()),
         };
         if sent.is_err() {
             self.release_ticket(ticket);
@@ -913,9 +914,7 @@ impl<T: Clone> Handed<T> {
     pub(crate) fn of(env: &Envelope<Body<T>>, receipt: u64, link: &Arc<Link>) -> Self {
         let link = Arc::clone(link);
         match &env.payload {
-            Body::Inline(t) => {
-                Handed::Ready(Delivery::new(env.meta().with_payload(t.clone()), receipt, link))
-            }
+            Body::Inline(t) => Handed::Ready(Delivery::new(env.meta().with_payload(t.clone()), receipt, link)),
             Body::Claimed(ticket) => Handed::Ticket(Delivery::new(env.meta(), receipt, link), ticket.clone()),
         }
     }
