@@ -582,7 +582,7 @@ impl<T> Consumer<T> {
     /// be claimed are dead-lettered here, never returned.
     pub async fn recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let handed = match self.waiting() {
+            let mut handed = match self.waiting() {
                 Some(h) => h,
                 None => {
                     self.buf = self.rx.recv().await?.into_iter();
@@ -590,10 +590,12 @@ impl<T> Consumer<T> {
                 }
             };
             self.link.more.store(self.buf.len() > 0 || !self.rx.is_empty(), Ordering::Relaxed);
-            let (d, ticket) = match Self::fresh(handed) {
-                Some(Handed::Ready(d)) => return Some(d),
-                Some(Handed::Ticket(d, ticket)) => (d, ticket),
-                None => continue,
+            if Self::expired(&mut handed) {
+                continue;
+            }
+            let (d, ticket) = match handed {
+                Handed::Ready(d) => return Some(d),
+                Handed::Ticket(d, ticket) => (d, ticket),
             };
             let copy = *ticket;
             self.stash = Some(Handed::Ticket(d, ticket));
@@ -610,12 +612,14 @@ impl<T> Consumer<T> {
     /// here: it stays first in line for the next [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let handed = self.waiting()?;
+            let mut handed = self.waiting()?;
             self.link.more.store(self.buf.len() > 0 || !self.rx.is_empty(), Ordering::Relaxed);
-            let (d, ticket) = match Self::fresh(handed) {
-                Some(Handed::Ready(d)) => return Some(d),
-                Some(Handed::Ticket(d, ticket)) => (d, ticket),
-                None => continue,
+            if Self::expired(&mut handed) {
+                continue;
+            }
+            let (d, ticket) = match handed {
+                Handed::Ready(d) => return Some(d),
+                Handed::Ticket(d, ticket) => (d, ticket),
             };
             let blocking = self.typed.claim.as_ref().is_some_and(|c| c.claims.backend().blocking());
             let claimed = if blocking { None } else { claim(&self.typed, &ticket).now_or_never() };
@@ -633,8 +637,9 @@ impl<T> Consumer<T> {
     /// When there is none the consumer is about to wait, so what acks it
     /// held back go now.
     fn waiting(&mut self) -> Option<Handed<T>> {
-        if let Some(h) = self.stash.take() {
-            return Some(h);
+        // Tested first: `take` would copy the whole (empty) stash.
+        if self.stash.is_some() {
+            return self.stash.take();
         }
         loop {
             if let Some(h) = self.buf.next() {
@@ -650,16 +655,17 @@ impl<T> Consumer<T> {
         }
     }
 
-    fn fresh(mut h: Handed<T>) -> Option<Handed<T>> {
-        let expired = match &h {
+    /// True when `h` expired: it is then settled as such (dead-lettered).
+    /// By reference: a delivery is moved as little as it can be.
+    fn expired(h: &mut Handed<T>) -> bool {
+        let expired = match h {
             Handed::Ready(d) => d.envelope.deadline.is_some() && d.envelope.is_expired(),
             Handed::Ticket(d, _) => d.envelope.deadline.is_some() && d.envelope.is_expired(),
         };
         if expired {
             h.settler().send(Settle::Expired);
-            return None;
         }
-        Some(h)
+        expired
     }
 
     fn claimed(d: Delivery<()>, claimed: Result<T, FailureReason>) -> Option<Delivery<T>> {
