@@ -3,7 +3,6 @@
 use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::handle::{
     Batch, Body, ClaimSide, Cmd, Codec, Committed, Handed, Incoming, Link, QueueHandle, Settle, Shared, Stats, Typed,
 };
+use super::inbox;
 use super::ready::{Entry, Key, Ready};
 use super::store::{QueueBatch, QueueStore, StoredBody, StoredMessage};
 use super::{QueueConfig, QueueError, QueueMessage};
@@ -32,10 +32,10 @@ const SAMPLES_PER_TICK: u32 = 256;
 /// Most new messages a durable queue writes in one transaction.
 const MAX_BATCH: usize = 4096;
 
-/// Most commands (or settles) the actor takes from its channel per handler
-/// call: the fixed costs of a call (an actix stream item, the dispatch, the
-/// clock read, the shared counters) are paid once per burst, not per
-/// message.
+/// Most settles the actor takes from their channel per handler call (it
+/// takes its command inbox whole): the fixed costs of a call (an actix
+/// stream item, the dispatch, the clock read, the shared counters) are paid
+/// once per burst, not per message.
 const BURST: usize = 256;
 
 /// A durable queue's change to a stored row, not written yet.
@@ -155,9 +155,9 @@ struct Counts {
 /// each one (then the next small allocations take its slow path).
 type Spare<T> = Rc<Cell<Vec<T>>>;
 
-/// Up to `BURST` items waiting in a channel (`waiting` of them, as far as
-/// its length said), in the `spare` vector: `None` once it is closed and
-/// empty.
+/// Up to `BURST` items waiting in a channel or inbox (`waiting` of them, as
+/// far as its length said), in the `spare` vector: `None` once it is closed
+/// and empty.
 fn burst<T>(
     cx: &mut std::task::Context<'_>,
     spare: &Spare<T>,
@@ -178,25 +178,77 @@ fn burst<T>(
     }
 }
 
-/// Hashes a receipt: one multiply (receipts are a counter, so the low bits
-/// of the product already spread them over the buckets). SipHash would be
-/// a good part of an ack's cost.
-#[derive(Default)]
-struct ReceiptHasher(u64);
+/// The deliveries in flight, by receipt: a slab (slots and a list of free
+/// ones) instead of a hash map, so a delivery and its settle each cost an
+/// index, not a hash and a probe. A receipt is the slot's index in its low 32
+/// bits and the queue's delivery number (its low 32 bits) in the high ones:
+/// a slot keeps the receipt of the delivery it holds, so a settle that
+/// comes after its slot was reused (a stale one) finds another receipt there
+/// and touches nothing.
+struct InFlightTable<T> {
+    slots: Vec<Option<(u64, InFlight<T>)>>,
+    free: Vec<u32>,
+    len: usize,
+    delivered: u64,
+}
 
-impl Hasher for ReceiptHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(self.0 ^ u64::from(b));
+impl<T> InFlightTable<T> {
+    fn new() -> Self {
+        InFlightTable { slots: Vec::new(), free: Vec::new(), len: 0, delivered: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds a delivery; gives its receipt and where it now lies.
+    #[inline(always)]
+    fn insert(&mut self, delivery: InFlight<T>) -> (u64, &InFlight<T>) {
+        self.delivered += 1;
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                // Past 2^32 deliveries in flight at once (a credit no queue
+                // gives) the index would not fit the receipt.
+                let i = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+                self.slots.push(None);
+                i
+            }
+        };
+        let receipt = (self.delivered << 32) | u64::from(index);
+        self.len += 1;
+        let (_, delivery) = self.slots[index as usize].insert((receipt, delivery));
+        (receipt, delivery)
+    }
+
+    fn slot(receipt: u64) -> usize {
+        (receipt & u64::from(u32::MAX)) as usize
+    }
+
+    fn get(&self, receipt: u64) -> Option<&InFlight<T>> {
+        match self.slots.get(Self::slot(receipt))? {
+            Some((r, f)) if *r == receipt => Some(f),
+            _ => None,
         }
     }
 
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    fn contains(&self, receipt: u64) -> bool {
+        self.get(receipt).is_some()
     }
 
-    fn finish(&self) -> u64 {
-        self.0
+    /// Takes the delivery of `receipt` out; `None` when it is not in flight
+    /// any more (settled, timed out: its slot may hold a newer one).
+    #[inline(always)]
+    fn remove(&mut self, receipt: u64) -> Option<InFlight<T>> {
+        let index = Self::slot(receipt);
+        let slot = self.slots.get_mut(index)?;
+        if !matches!(slot, Some((r, _)) if *r == receipt) {
+            return None;
+        }
+        let (_, delivery) = slot.take()?;
+        self.free.push(index as u32);
+        self.len -= 1;
+        Some(delivery)
     }
 }
 
@@ -208,7 +260,7 @@ pub struct Queue<T> {
     dlq: DlqHandle,
     source: DlqSource,
     ready: Ready<Body<T>>,
-    in_flight: HashMap<u64, InFlight<Body<T>>, BuildHasherDefault<ReceiptHasher>>,
+    in_flight: InFlightTable<Body<T>>,
     /// Receipts in delivery order, which is visibility-timeout order (the
     /// timeout is the same for every delivery). Settled receipts are
     /// skipped when they reach the front, and swept out when they pile up
@@ -224,7 +276,6 @@ pub struct Queue<T> {
     consumers: Vec<Slot<T>>,
     next_slot: usize,
     credit: usize,
-    next_receipt: u64,
     next_seq: u64,
     epoch: Instant,
     /// The queue's clock (µs since `epoch`), read once when a handler call
@@ -318,7 +369,7 @@ where
         let found = loaded.len();
         let permits = config.capacity.saturating_sub(found).min(Semaphore::MAX_PERMITS);
         let permit_debt = found.saturating_sub(config.capacity) as u64;
-        let (tx, mut rx) = mpsc::channel::<Cmd<T>>(config.capacity.clamp(16, 4096));
+        let (tx, mut rx) = inbox::inbox::<Cmd<T>>(config.capacity.clamp(16, 4096));
         let (settle, mut settle_rx) = mpsc::unbounded_channel::<Settle>();
         let shared = Arc::new(Shared {
             name: name.clone(),
@@ -360,9 +411,7 @@ where
         let create = move |ctx: &mut Context<Self>| {
             let (spare_cmds, spare_settles) = (Spare::default(), Spare::default());
             let spare = Rc::clone(&spare_cmds);
-            ctx.add_stream(futures::stream::poll_fn(move |cx| {
-                burst(cx, &spare, rx.len(), |cx, b, n| rx.poll_recv_many(cx, b, n))
-            }));
+            ctx.add_stream(futures::stream::poll_fn(move |cx| burst(cx, &spare, 0, |cx, b, _| rx.poll_take(cx, b))));
             let spare = Rc::clone(&spare_settles);
             ctx.add_stream(futures::stream::poll_fn(move |cx| {
                 burst(cx, &spare, settle_rx.len(), |cx, b, n| settle_rx.poll_recv_many(cx, b, n))
@@ -378,7 +427,7 @@ where
                 shared: actor_shared,
                 dlq: actor_dlq,
                 source,
-                in_flight: HashMap::default(),
+                in_flight: InFlightTable::new(),
                 deadlines: VecDeque::new(),
                 timed_out: HashMap::new(),
                 delayed: BTreeMap::new(),
@@ -387,7 +436,6 @@ where
                 consumers: Vec::new(),
                 next_slot: 0,
                 credit: 0,
-                next_receipt: 0,
                 next_seq: 0,
                 epoch: Instant::now(),
                 now: 0,
@@ -833,26 +881,24 @@ where
                 self.requeue_front(entry, key);
                 break;
             };
-            self.next_receipt += 1;
-            let receipt = self.next_receipt;
-            let waiting = self.ready.len();
-            let slot = &mut self.consumers[idx];
-            if slot.batch.is_empty() {
-                // Room for what it can take of what waits: no regrowth.
-                slot.batch.reserve((slot.prefetch - slot.outstanding).min(waiting + 1));
-            }
-            slot.batch.push(Handed::of(&entry.env, receipt, &slot.link));
-            slot.outstanding += 1;
-            let consumer = slot.id;
-            self.credit -= 1;
-            self.counts.delivered += 1;
             if self.sample() {
                 let waited = now.saturating_sub(entry.enqueued_us);
                 self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
             }
-            let due_us = now.saturating_add(self.visibility_us);
             let (seq, attempt) = (entry.seq, entry.env.attempt);
-            self.in_flight.insert(receipt, InFlight { entry, consumer, due_us, delivered_us: now, key });
+            let waiting = self.ready.len();
+            let slot = &mut self.consumers[idx];
+            let due_us = now.saturating_add(self.visibility_us);
+            let delivery = InFlight { entry, consumer: slot.id, due_us, delivered_us: now, key };
+            let (receipt, delivery) = self.in_flight.insert(delivery);
+            if slot.batch.is_empty() {
+                // Room for what it can take of what waits: no regrowth.
+                slot.batch.reserve((slot.prefetch - slot.outstanding).min(waiting + 1));
+            }
+            slot.batch.push(Handed::of(&delivery.entry.env, receipt, &slot.link));
+            slot.outstanding += 1;
+            self.credit -= 1;
+            self.counts.delivered += 1;
             self.deadlines.push_back(receipt);
             // Recorded before the handler can crash the process, so
             // max_deliveries holds across restarts.
@@ -1012,18 +1058,18 @@ where
         // Visibility timeouts: the timeout is the same for every delivery, so
         // deliveries (keyed by receipt) time out in receipt order.
         while let Some(&receipt) = self.deadlines.front() {
-            if self.in_flight.get(&receipt).is_some_and(|f| f.due_us > now) {
+            if self.in_flight.get(receipt).is_some_and(|f| f.due_us > now) {
                 break;
             }
             self.deadlines.pop_front();
-            let Some(f) = self.in_flight.remove(&receipt) else { continue };
+            let Some(f) = self.in_flight.remove(receipt) else { continue };
             self.timed_out.insert(receipt, f.consumer);
             bump(&self.metrics.timeouts, &self.shared.stats.timeouts);
             self.fail(Box::new(f.entry), f.key, FailureReason::Timeout, None, ctx);
         }
         if self.deadlines.len() > 2 * self.in_flight.len() + 1024 {
             let live = &self.in_flight;
-            self.deadlines.retain(|r| live.contains_key(r));
+            self.deadlines.retain(|&r| live.contains(r));
         }
         // Retries whose delay is over go back to the front.
         while let Some(entry) = self.delayed.first_entry() {
@@ -1120,7 +1166,7 @@ where
             }
             Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) | Settle::Flush(_) => return,
         };
-        let Some(f) = self.in_flight.remove(&receipt) else {
+        let Some(f) = self.in_flight.remove(receipt) else {
             return self.stale(receipt);
         };
         self.credit_back(f.consumer);
@@ -1160,7 +1206,7 @@ where
     /// An ack: the settle of nearly every delivery, on its own path (not
     /// through the matching of a whole `Settle` that the others need).
     fn ack(&mut self, receipt: u64, ctx: &mut Context<Self>) {
-        let Some(f) = self.in_flight.remove(&receipt) else {
+        let Some(f) = self.in_flight.remove(receipt) else {
             return self.stale(receipt);
         };
         self.credit_back(f.consumer);
@@ -1418,6 +1464,36 @@ mod tests {
             });
             assert!(rx.await.unwrap(), "a closed consumer's recv did not end");
             arbiter.stop();
+        });
+    }
+
+    #[test]
+    fn a_stale_receipt_whose_slot_holds_a_newer_delivery_settles_nothing() {
+        actix_rt::System::new().block_on(async {
+            let config = QueueConfig {
+                visibility_timeout: Duration::from_millis(300),
+                retry: super::super::RetryPolicy::IMMEDIATE,
+                ..config("stale-slot", Duration::from_millis(5))
+            };
+            let q = Queue::<u32>::start(config, DlqSink::in_memory()).unwrap();
+            let mut c = q.consumer(2).await.unwrap();
+            q.send(7).await.unwrap();
+            let (_, mut first) = c.recv().await.unwrap().into_parts();
+            let first = first.take_receipt().unwrap();
+            // Timed out: the redelivery takes the slot the first one left.
+            let again = c.recv().await.unwrap();
+            assert_eq!(again.attempt(), 2);
+            assert_eq!(InFlightTable::<()>::slot(first), InFlightTable::<()>::slot(again.receipt()));
+            assert_ne!(first, again.receipt());
+            assert!(q.shared.settle.send(Settle::Ack(first)).is_ok());
+            until(|| q.stats().stale_settles == 1).await;
+            let s = q.stats();
+            assert_eq!((s.acked, s.in_flight), (0, 1), "the late ack settled the redelivery");
+            again.ack();
+            drop(c);
+            until(|| q.stats().acked == 1).await;
+            let s = q.stats();
+            assert_eq!((s.stale_settles, s.timeouts, s.depth, s.in_flight), (1, 1, 0, 0));
         });
     }
 

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::inbox;
 use super::ready::Entry;
 use super::store::StoredBody;
 use super::QueueError;
@@ -300,7 +301,7 @@ pub(crate) struct Shared {
 
 /// The sending side of a queue: cheap to clone, usable from any arbiter.
 pub struct QueueHandle<T> {
-    pub(crate) tx: mpsc::Sender<Cmd<T>>,
+    pub(crate) tx: inbox::Sender<Cmd<T>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) typed: Arc<Typed<T>>,
 }
@@ -409,8 +410,8 @@ impl<T: Send + 'static> QueueHandle<T> {
         // As above: the awaiting send only when the channel is full.
         let sent = match self.tx.try_send(cmd) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(cmd)) => self.tx.send(cmd).await.map_err(drop),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            Err(inbox::SendError::Full(cmd)) => self.tx.send(cmd).await.map_err(drop),
+            Err(inbox::SendError::Closed(_)) => Err(()),
         };
         if sent.is_err() {
             self.release_ticket(ticket);
@@ -581,7 +582,7 @@ impl<T> Consumer<T> {
     /// be claimed are dead-lettered here, never returned.
     pub async fn recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let handed = match self.waiting() {
+            let mut handed = match self.waiting() {
                 Some(h) => h,
                 None => {
                     self.buf = self.rx.recv().await?.into_iter();
@@ -589,10 +590,12 @@ impl<T> Consumer<T> {
                 }
             };
             self.link.more.store(self.buf.len() > 0 || !self.rx.is_empty(), Ordering::Relaxed);
-            let (d, ticket) = match Self::fresh(handed) {
-                Some(Handed::Ready(d)) => return Some(d),
-                Some(Handed::Ticket(d, ticket)) => (d, ticket),
-                None => continue,
+            if Self::expired(&mut handed) {
+                continue;
+            }
+            let (d, ticket) = match handed {
+                Handed::Ready(d) => return Some(d),
+                Handed::Ticket(d, ticket) => (d, ticket),
             };
             let copy = *ticket;
             self.stash = Some(Handed::Ticket(d, ticket));
@@ -609,12 +612,14 @@ impl<T> Consumer<T> {
     /// here: it stays first in line for the next [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let handed = self.waiting()?;
+            let mut handed = self.waiting()?;
             self.link.more.store(self.buf.len() > 0 || !self.rx.is_empty(), Ordering::Relaxed);
-            let (d, ticket) = match Self::fresh(handed) {
-                Some(Handed::Ready(d)) => return Some(d),
-                Some(Handed::Ticket(d, ticket)) => (d, ticket),
-                None => continue,
+            if Self::expired(&mut handed) {
+                continue;
+            }
+            let (d, ticket) = match handed {
+                Handed::Ready(d) => return Some(d),
+                Handed::Ticket(d, ticket) => (d, ticket),
             };
             let blocking = self.typed.claim.as_ref().is_some_and(|c| c.claims.backend().blocking());
             let claimed = if blocking { None } else { claim(&self.typed, &ticket).now_or_never() };
@@ -632,8 +637,9 @@ impl<T> Consumer<T> {
     /// When there is none the consumer is about to wait, so what acks it
     /// held back go now.
     fn waiting(&mut self) -> Option<Handed<T>> {
-        if let Some(h) = self.stash.take() {
-            return Some(h);
+        // Tested first: `take` would copy the whole (empty) stash.
+        if self.stash.is_some() {
+            return self.stash.take();
         }
         loop {
             if let Some(h) = self.buf.next() {
@@ -649,16 +655,17 @@ impl<T> Consumer<T> {
         }
     }
 
-    fn fresh(mut h: Handed<T>) -> Option<Handed<T>> {
-        let expired = match &h {
+    /// True when `h` expired: it is then settled as such (dead-lettered).
+    /// By reference: a delivery is moved as little as it can be.
+    fn expired(h: &mut Handed<T>) -> bool {
+        let expired = match h {
             Handed::Ready(d) => d.envelope.deadline.is_some() && d.envelope.is_expired(),
             Handed::Ticket(d, _) => d.envelope.deadline.is_some() && d.envelope.is_expired(),
         };
         if expired {
             h.settler().send(Settle::Expired);
-            return None;
         }
-        Some(h)
+        expired
     }
 
     fn claimed(d: Delivery<()>, claimed: Result<T, FailureReason>) -> Option<Delivery<T>> {
@@ -831,7 +838,8 @@ impl Settler {
         (!std::mem::replace(&mut self.done, true)).then_some(self.receipt)
     }
 
-    /// The delivery's receipt: unique per delivery of a queue.
+    /// The delivery's receipt: no other delivery of the queue within 2^32
+    /// of it (in delivery order) has the same.
     pub fn receipt(&self) -> u64 {
         self.receipt
     }
@@ -887,8 +895,10 @@ impl Drop for Settler {
 /// attempt.
 #[derive(Debug)]
 pub struct Delivery<T> {
-    /// Boxed: moved through the consumer's channel and `recv` as a pointer.
-    envelope: Box<Envelope<T>>,
+    /// Not boxed: a box per delivery (allocated by the queue's thread, freed
+    /// by the consumer's) costs more than the few copies of the envelope
+    /// between the batch and the caller.
+    envelope: Envelope<T>,
     settler: Settler,
 }
 
@@ -910,10 +920,8 @@ impl<T: Clone> Handed<T> {
     pub(crate) fn of(env: &Envelope<Body<T>>, receipt: u64, link: &Arc<Link>) -> Self {
         let link = Arc::clone(link);
         match &env.payload {
-            Body::Inline(t) => {
-                Handed::Ready(Delivery::new(Box::new(env.meta().with_payload(t.clone())), receipt, link))
-            }
-            Body::Claimed(ticket) => Handed::Ticket(Delivery::new(Box::new(env.meta()), receipt, link), ticket.clone()),
+            Body::Inline(t) => Handed::Ready(Delivery::new(env.meta().with_payload(t.clone()), receipt, link)),
+            Body::Claimed(ticket) => Handed::Ticket(Delivery::new(env.meta(), receipt, link), ticket.clone()),
         }
     }
 }
@@ -928,14 +936,13 @@ impl<T> Handed<T> {
 }
 
 impl<T> Delivery<T> {
-    fn new(envelope: Box<Envelope<T>>, receipt: u64, link: Arc<Link>) -> Self {
+    fn new(envelope: Envelope<T>, receipt: u64, link: Arc<Link>) -> Self {
         Delivery { envelope, settler: Settler { receipt, link, done: false } }
     }
 
     fn with_payload<U>(self, payload: U) -> Delivery<U> {
         let Delivery { envelope, settler } = self;
-        let (meta, _) = envelope.split();
-        Delivery { envelope: Box::new(meta.with_payload(payload)), settler }
+        Delivery { envelope: envelope.map(|_| payload), settler }
     }
 
     /// The envelope (its `attempt` is this delivery's attempt).
@@ -966,7 +973,7 @@ impl<T> Delivery<T> {
     /// The envelope and the settler, apart (to move the payload into a
     /// handler and settle after).
     pub fn into_parts(self) -> (Envelope<T>, Settler) {
-        (*self.envelope, self.settler)
+        (self.envelope, self.settler)
     }
 
     /// Done: the message leaves the queue.

@@ -174,6 +174,7 @@
 
 mod actor;
 mod handle;
+mod inbox;
 mod ready;
 mod store;
 
