@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -65,6 +65,18 @@ impl Message for Append {
     type Result = Result<AppendResult, AppendError>;
 }
 
+/// An append with its reply channel: the handle's path. Unlike [`Append`]
+/// through `Addr::send`, it spares actix's request machinery (a second
+/// channel, and a task spawned to await the answer) on every append.
+struct AppendWithReply {
+    request: AppendRequest,
+    reply: oneshot::Sender<Result<AppendResult, AppendError>>,
+}
+
+impl Message for AppendWithReply {
+    type Result = ();
+}
+
 /// Registers a live subscriber: from now on, every committed event of the
 /// target is sent to it, one batch per commit, until the channel is full or
 /// closed.
@@ -81,6 +93,29 @@ struct Pending {
     reply: oneshot::Sender<Result<AppendResult, AppendError>>,
     received: Instant,
 }
+
+/// A batch handed to the writer thread: one transaction, fed in chunks while
+/// it is open, committed once it is closed.
+struct Batch {
+    id: u64,
+    /// Feeds the writer's open transaction; dropping it closes the batch
+    /// and the writer commits.
+    chunks: Option<std_mpsc::Sender<Vec<AppendRequest>>>,
+    /// One per request sent, in order: the writer answers in that order.
+    waiting: Vec<Pending>,
+    /// Whether the writer hands back the recorded events, for live
+    /// subscribers. Without any when the batch opened, it drops them itself:
+    /// freeing them is a good part of this thread's work per event otherwise.
+    publish: bool,
+    closed: Instant,
+}
+
+/// Answers given out per turn of the actor after a commit. Between turns the
+/// appenders answered so far run, and their next appends reach the writer's
+/// open transaction while the rest are answered: the writer's inserts overlap
+/// this thread's turnaround instead of following it. Smaller turns start the
+/// writer sooner but cost a yield and a chunk each.
+const ANSWERS_PER_TURN: usize = 16;
 
 struct Metrics {
     written: Counter,
@@ -148,8 +183,20 @@ impl Metrics {
 pub struct EventStore {
     config: Arc<EventStoreConfig>,
     writer: Addr<WriterWorker>,
+    /// Appends not yet sent to the writer.
     queue: VecDeque<(AppendRequest, Pending)>,
-    committing: bool,
+    /// The batch whose transaction is open and takes the appends as they
+    /// come.
+    open: Option<Batch>,
+    /// The closed batch whose commit is in flight (one at a time, so that
+    /// appends gather in the open one meanwhile).
+    committing: Option<Batch>,
+    next_batch: u64,
+    /// Answers of the last commit still to give out.
+    answers: VecDeque<(Pending, Result<AppendResult, AppendError>)>,
+    /// Answers are being given out, or the appenders answered last have not
+    /// had their turn yet: their next appends belong in the open batch.
+    answering: bool,
     flush_scheduled: bool,
     live_all: Vec<mpsc::Sender<Arc<[RecordedEvent]>>>,
     live_streams: HashMap<String, Vec<mpsc::Sender<Arc<[RecordedEvent]>>>>,
@@ -178,7 +225,11 @@ impl EventStore {
             config: Arc::clone(&config),
             writer: writer.clone(),
             queue: VecDeque::new(),
-            committing: false,
+            open: None,
+            committing: None,
+            next_batch: 0,
+            answers: VecDeque::new(),
+            answering: false,
             flush_scheduled: false,
             live_all: Vec::new(),
             live_streams: HashMap::new(),
@@ -201,31 +252,88 @@ impl EventStore {
         Self::start(MemoryEventLog::new(), config)
     }
 
-    /// Sends the queued appends to the writer as one batch, unless a commit
-    /// is already in flight (its completion calls this again).
+    /// Sends the queued appends into the open batch (opening one if needed),
+    /// and closes it unless a commit is in flight or the last commit's
+    /// appenders have not all had their turn (their next appends would miss
+    /// it and pay a commit of their own).
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.queue.is_empty() {
+        loop {
+            self.feed(ctx);
+            if self.committing.is_some() || self.answering {
+                return;
+            }
+            let Some(mut batch) = self.open.take() else { return };
+            batch.chunks = None;
+            batch.closed = Instant::now();
+            self.committing = Some(batch);
+            if self.queue.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Sends as many queued appends as the open batch has room for.
+    fn feed(&mut self, ctx: &mut Context<Self>) {
+        if self.queue.is_empty() {
             return;
         }
-        let n = self.queue.len().min(self.config.max_batch.max(1));
+        let max = self.config.max_batch.max(1);
+        if self.open.is_none() {
+            self.open = Some(self.open_batch(ctx));
+        }
+        let Some(batch) = &mut self.open else { return };
+        let n = self.queue.len().min(max.saturating_sub(batch.waiting.len()));
+        if n == 0 {
+            return;
+        }
         let (requests, waiting): (Vec<_>, Vec<_>) = self.queue.drain(..n).unzip();
-        self.committing = true;
-        let started = Instant::now();
-        let op = WriteOp(Box::new(move |w: &mut dyn crate::store::EventWriter| w.append_batch(requests)));
+        batch.waiting.extend(waiting);
+        if let Some(chunks) = &batch.chunks {
+            // An error: the writer gave up on the batch (a storage error). Its
+            // answer fails every append of the batch, these included.
+            let _ = chunks.send(requests);
+        }
+    }
+
+    /// Starts a transaction on the writer thread that takes chunks until the
+    /// batch is closed.
+    fn open_batch(&mut self, ctx: &mut Context<Self>) -> Batch {
+        let (chunks, rx) = std_mpsc::channel();
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let publish = !self.live_all.is_empty() || !self.live_streams.is_empty();
+        let op = WriteOp(Box::new(move |w: &mut dyn crate::store::EventWriter| {
+            let mut results = w.append_chunks(&mut rx.into_iter())?;
+            if !publish {
+                for outcome in results.iter_mut().flatten() {
+                    outcome.recorded = Vec::new();
+                }
+            }
+            Ok(results)
+        }));
         let commit = self.writer.send(op);
         ctx.spawn(commit.into_actor(self).map(move |res, act, ctx| {
-            act.committing = false;
-            act.finish(res, waiting, started);
+            // Normally the closed batch; the open one if the writer gave up on
+            // it early.
+            let batch = match (&act.committing, &act.open) {
+                (Some(b), _) if b.id == id => act.committing.take(),
+                (_, Some(b)) if b.id == id => act.open.take(),
+                _ => None,
+            };
+            if let Some(batch) = batch {
+                act.finish(res, batch, ctx);
+            }
             act.flush(ctx);
         }));
+        Batch { id, chunks: Some(chunks), waiting: Vec::new(), publish, closed: Instant::now() }
     }
 
     #[allow(clippy::type_complexity)]
     fn finish(
         &mut self,
         res: Result<Result<Vec<Result<AppendOutcome, AppendError>>, StoreError>, MailboxError>,
-        waiting: Vec<Pending>,
-        started: Instant,
+        Batch { waiting, publish, closed, .. }: Batch,
+        ctx: &mut Context<Self>,
     ) {
         let results = match res {
             Ok(Ok(results)) if results.len() == waiting.len() => results,
@@ -235,37 +343,76 @@ impl EventStore {
                     results.len(),
                     waiting.len()
                 ));
-                return self.fail_all(waiting, e);
+                return self.fail_all(waiting, e, ctx);
             }
-            Ok(Err(e)) => return self.fail_all(waiting, e),
-            Err(e) => return self.fail_all(waiting, e.into()),
+            Ok(Err(e)) => return self.fail_all(waiting, e, ctx),
+            Err(e) => return self.fail_all(waiting, e.into(), ctx),
         };
         self.metrics.commits.increment(1);
-        self.metrics.commit_latency.record(started.elapsed().as_secs_f64());
+        self.metrics.commit_latency.record(closed.elapsed().as_secs_f64());
         let mut committed = Vec::new();
+        let (mut events, mut end) = (0, 0);
         for (result, pending) in results.into_iter().zip(waiting) {
             self.metrics.record(&result);
-            self.metrics.latency.record(pending.received.elapsed().as_secs_f64());
             let answer = result.map(|o| {
+                if o.result.written {
+                    if let Some(positions) = &o.result.positions {
+                        events += positions.end() + 1 - positions.start();
+                        end = end.max(positions.end() + 1);
+                    }
+                }
                 committed.extend(o.recorded);
                 o.result
             });
+            self.answers.push_back((pending, answer));
+        }
+        self.metrics.batch_size.record(events as f64);
+        self.end.fetch_max(end, Ordering::AcqRel);
+        if publish {
+            if !committed.is_empty() {
+                self.publish(committed);
+            }
+        } else if !self.live_all.is_empty() || !self.live_streams.is_empty() {
+            // They registered after the batch opened, so the writer did not
+            // keep its events: back to catch-up reads, which find them.
+            self.live_all.clear();
+            self.live_streams.clear();
+            self.update_live_gauge();
+        }
+        self.answer(ctx);
+    }
+
+    /// Gives out the next turn's answers, then yields so that the appenders
+    /// just answered run before the next turn (or, after the last, before
+    /// the open batch is closed).
+    fn answer(&mut self, ctx: &mut Context<Self>) {
+        if self.answering {
+            // A turn is under way; its yield comes back for these.
+            return;
+        }
+        for (pending, answer) in self.answers.drain(..self.answers.len().min(ANSWERS_PER_TURN)) {
+            self.metrics.latency.record(pending.received.elapsed().as_secs_f64());
             // The caller may have gone away; the append stands regardless.
             let _ = pending.reply.send(answer);
         }
-        self.metrics.batch_size.record(committed.len() as f64);
-        if let Some(last) = committed.last() {
-            self.end.fetch_max(last.position + 1, Ordering::AcqRel);
-            self.publish(committed);
-        }
+        self.answering = true;
+        ctx.spawn(fut::wrap_future(tokio::task::yield_now()).map(|(), act: &mut Self, ctx| {
+            act.answering = false;
+            if act.answers.is_empty() {
+                act.flush(ctx);
+            } else {
+                act.answer(ctx);
+            }
+        }));
     }
 
-    fn fail_all(&mut self, waiting: Vec<Pending>, e: StoreError) {
+    fn fail_all(&mut self, waiting: Vec<Pending>, e: StoreError, ctx: &mut Context<Self>) {
         tracing::error!(store = %self.config.name, error = %e, "event store commit failed");
         for p in waiting {
             self.metrics.error.increment(1);
-            let _ = p.reply.send(Err(AppendError::Store(e.clone())));
+            self.answers.push_back((p, Err(AppendError::Store(e.clone()))));
         }
+        self.answer(ctx);
     }
 
     /// Hands a commit's events to live subscribers; a subscriber whose buffer
@@ -346,12 +493,22 @@ impl Handler<Append> for EventStore {
 
     fn handle(&mut self, Append(request): Append, ctx: &mut Context<Self>) -> Self::Result {
         let (reply, answer) = oneshot::channel();
+        Handler::<AppendWithReply>::handle(self, AppendWithReply { request, reply }, ctx);
+        Box::pin(answered(answer))
+    }
+}
+
+impl Handler<AppendWithReply> for EventStore {
+    type Result = ();
+
+    fn handle(&mut self, AppendWithReply { request, reply }: AppendWithReply, ctx: &mut Context<Self>) {
         self.queue.push_back((request, Pending { reply, received: Instant::now() }));
         self.write_soon(ctx);
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the event store stopped".into()).into()))
-        })
     }
+}
+
+async fn answered(answer: oneshot::Receiver<Result<AppendResult, AppendError>>) -> Result<AppendResult, AppendError> {
+    answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the event store stopped".into()).into()))
 }
 
 impl Handler<RegisterLive> for EventStore {
@@ -416,8 +573,15 @@ impl EventStoreHandle {
 
     /// Appends a prepared request (keep it to retry idempotently).
     pub async fn append_request(&self, request: AppendRequest) -> Result<AppendResult, AppendError> {
-        match self.store.send(Append(request)).await {
-            Ok(r) => r,
+        let (reply, answer) = oneshot::channel();
+        let sent = match self.store.try_send(AppendWithReply { request, reply }) {
+            Ok(()) => Ok(()),
+            // A full mailbox: wait for room, as `send` would.
+            Err(SendError::Full(msg)) => self.store.send(msg).await,
+            Err(SendError::Closed(_)) => Err(MailboxError::Closed),
+        };
+        match sent {
+            Ok(()) => answered(answer).await,
             Err(e) => Err(AppendError::Store(e.into())),
         }
     }

@@ -132,10 +132,12 @@ impl MemoryEventLog {
 }
 
 impl EventWriter for MemoryEventLog {
-    fn append_batch(
+    fn append_chunks(
         &mut self,
-        batch: Vec<AppendRequest>,
+        chunks: &mut dyn Iterator<Item = Vec<AppendRequest>>,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        // Gathered first: readers see the whole batch or none of it.
+        let batch: Vec<AppendRequest> = chunks.flatten().collect();
         Ok(self.write(|s| {
             let timestamp = Timestamp::now().max(s.last_timestamp);
             s.last_timestamp = timestamp;
