@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -94,29 +94,6 @@ struct Pending {
     received: Instant,
 }
 
-/// A batch handed to the writer thread: one transaction, fed in chunks while
-/// it is open, committed once it is closed.
-struct Batch {
-    id: u64,
-    /// Feeds the writer's open transaction; dropping it closes the batch
-    /// and the writer commits.
-    chunks: Option<std_mpsc::Sender<Vec<AppendRequest>>>,
-    /// One per request sent, in order: the writer answers in that order.
-    waiting: Vec<Pending>,
-    /// Whether the writer hands back the recorded events, for live
-    /// subscribers. Without any when the batch opened, it drops them itself:
-    /// freeing them is a good part of this thread's work per event otherwise.
-    publish: bool,
-    closed: Instant,
-}
-
-/// Answers given out per turn of the actor after a commit. Between turns the
-/// appenders answered so far run, and their next appends reach the writer's
-/// open transaction while the rest are answered: the writer's inserts overlap
-/// this thread's turnaround instead of following it. Smaller turns start the
-/// writer sooner but cost a yield and a chunk each.
-const ANSWERS_PER_TURN: usize = 16;
-
 struct Metrics {
     written: Counter,
     idempotent: Counter,
@@ -183,20 +160,8 @@ impl Metrics {
 pub struct EventStore {
     config: Arc<EventStoreConfig>,
     writer: Addr<WriterWorker>,
-    /// Appends not yet sent to the writer.
     queue: VecDeque<(AppendRequest, Pending)>,
-    /// The batch whose transaction is open and takes the appends as they
-    /// come.
-    open: Option<Batch>,
-    /// The closed batch whose commit is in flight (one at a time, so that
-    /// appends gather in the open one meanwhile).
-    committing: Option<Batch>,
-    next_batch: u64,
-    /// Answers of the last commit still to give out.
-    answers: VecDeque<(Pending, Result<AppendResult, AppendError>)>,
-    /// Answers are being given out, or the appenders answered last have not
-    /// had their turn yet: their next appends belong in the open batch.
-    answering: bool,
+    committing: bool,
     flush_scheduled: bool,
     live_all: Vec<mpsc::Sender<Arc<[RecordedEvent]>>>,
     live_streams: HashMap<String, Vec<mpsc::Sender<Arc<[RecordedEvent]>>>>,
@@ -225,11 +190,7 @@ impl EventStore {
             config: Arc::clone(&config),
             writer: writer.clone(),
             queue: VecDeque::new(),
-            open: None,
-            committing: None,
-            next_batch: 0,
-            answers: VecDeque::new(),
-            answering: false,
+            committing: false,
             flush_scheduled: false,
             live_all: Vec::new(),
             live_streams: HashMap::new(),
@@ -252,88 +213,31 @@ impl EventStore {
         Self::start(MemoryEventLog::new(), config)
     }
 
-    /// Sends the queued appends into the open batch (opening one if needed),
-    /// and closes it unless a commit is in flight or the last commit's
-    /// appenders have not all had their turn (their next appends would miss
-    /// it and pay a commit of their own).
+    /// Sends the queued appends to the writer as one batch, unless a commit
+    /// is already in flight (its completion calls this again).
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        loop {
-            self.feed(ctx);
-            if self.committing.is_some() || self.answering {
-                return;
-            }
-            let Some(mut batch) = self.open.take() else { return };
-            batch.chunks = None;
-            batch.closed = Instant::now();
-            self.committing = Some(batch);
-            if self.queue.is_empty() {
-                return;
-            }
-        }
-    }
-
-    /// Sends as many queued appends as the open batch has room for.
-    fn feed(&mut self, ctx: &mut Context<Self>) {
-        if self.queue.is_empty() {
+        if self.committing || self.queue.is_empty() {
             return;
         }
-        let max = self.config.max_batch.max(1);
-        if self.open.is_none() {
-            self.open = Some(self.open_batch(ctx));
-        }
-        let Some(batch) = &mut self.open else { return };
-        let n = self.queue.len().min(max.saturating_sub(batch.waiting.len()));
-        if n == 0 {
-            return;
-        }
+        let n = self.queue.len().min(self.config.max_batch.max(1));
         let (requests, waiting): (Vec<_>, Vec<_>) = self.queue.drain(..n).unzip();
-        batch.waiting.extend(waiting);
-        if let Some(chunks) = &batch.chunks {
-            // An error: the writer gave up on the batch (a storage error). Its
-            // answer fails every append of the batch, these included.
-            let _ = chunks.send(requests);
-        }
-    }
-
-    /// Starts a transaction on the writer thread that takes chunks until the
-    /// batch is closed.
-    fn open_batch(&mut self, ctx: &mut Context<Self>) -> Batch {
-        let (chunks, rx) = std_mpsc::channel();
-        let id = self.next_batch;
-        self.next_batch += 1;
-        let publish = !self.live_all.is_empty() || !self.live_streams.is_empty();
-        let op = WriteOp(Box::new(move |w: &mut dyn crate::store::EventWriter| {
-            let mut results = w.append_chunks(&mut rx.into_iter())?;
-            if !publish {
-                for outcome in results.iter_mut().flatten() {
-                    outcome.recorded = Vec::new();
-                }
-            }
-            Ok(results)
-        }));
+        self.committing = true;
+        let started = Instant::now();
+        let op = WriteOp(Box::new(move |w: &mut dyn crate::store::EventWriter| w.append_batch(requests)));
         let commit = self.writer.send(op);
         ctx.spawn(commit.into_actor(self).map(move |res, act, ctx| {
-            // Normally the closed batch; the open one if the writer gave up on
-            // it early.
-            let batch = match (&act.committing, &act.open) {
-                (Some(b), _) if b.id == id => act.committing.take(),
-                (_, Some(b)) if b.id == id => act.open.take(),
-                _ => None,
-            };
-            if let Some(batch) = batch {
-                act.finish(res, batch, ctx);
-            }
+            act.committing = false;
+            act.finish(res, waiting, started);
             act.flush(ctx);
         }));
-        Batch { id, chunks: Some(chunks), waiting: Vec::new(), publish, closed: Instant::now() }
     }
 
     #[allow(clippy::type_complexity)]
     fn finish(
         &mut self,
         res: Result<Result<Vec<Result<AppendOutcome, AppendError>>, StoreError>, MailboxError>,
-        Batch { waiting, publish, closed, .. }: Batch,
-        ctx: &mut Context<Self>,
+        waiting: Vec<Pending>,
+        started: Instant,
     ) {
         let results = match res {
             Ok(Ok(results)) if results.len() == waiting.len() => results,
@@ -343,76 +247,37 @@ impl EventStore {
                     results.len(),
                     waiting.len()
                 ));
-                return self.fail_all(waiting, e, ctx);
+                return self.fail_all(waiting, e);
             }
-            Ok(Err(e)) => return self.fail_all(waiting, e, ctx),
-            Err(e) => return self.fail_all(waiting, e.into(), ctx),
+            Ok(Err(e)) => return self.fail_all(waiting, e),
+            Err(e) => return self.fail_all(waiting, e.into()),
         };
         self.metrics.commits.increment(1);
-        self.metrics.commit_latency.record(closed.elapsed().as_secs_f64());
+        self.metrics.commit_latency.record(started.elapsed().as_secs_f64());
         let mut committed = Vec::new();
-        let (mut events, mut end) = (0, 0);
         for (result, pending) in results.into_iter().zip(waiting) {
             self.metrics.record(&result);
+            self.metrics.latency.record(pending.received.elapsed().as_secs_f64());
             let answer = result.map(|o| {
-                if o.result.written {
-                    if let Some(positions) = &o.result.positions {
-                        events += positions.end() + 1 - positions.start();
-                        end = end.max(positions.end() + 1);
-                    }
-                }
                 committed.extend(o.recorded);
                 o.result
             });
-            self.answers.push_back((pending, answer));
-        }
-        self.metrics.batch_size.record(events as f64);
-        self.end.fetch_max(end, Ordering::AcqRel);
-        if publish {
-            if !committed.is_empty() {
-                self.publish(committed);
-            }
-        } else if !self.live_all.is_empty() || !self.live_streams.is_empty() {
-            // They registered after the batch opened, so the writer did not
-            // keep its events: back to catch-up reads, which find them.
-            self.live_all.clear();
-            self.live_streams.clear();
-            self.update_live_gauge();
-        }
-        self.answer(ctx);
-    }
-
-    /// Gives out the next turn's answers, then yields so that the appenders
-    /// just answered run before the next turn (or, after the last, before
-    /// the open batch is closed).
-    fn answer(&mut self, ctx: &mut Context<Self>) {
-        if self.answering {
-            // A turn is under way; its yield comes back for these.
-            return;
-        }
-        for (pending, answer) in self.answers.drain(..self.answers.len().min(ANSWERS_PER_TURN)) {
-            self.metrics.latency.record(pending.received.elapsed().as_secs_f64());
             // The caller may have gone away; the append stands regardless.
             let _ = pending.reply.send(answer);
         }
-        self.answering = true;
-        ctx.spawn(fut::wrap_future(tokio::task::yield_now()).map(|(), act: &mut Self, ctx| {
-            act.answering = false;
-            if act.answers.is_empty() {
-                act.flush(ctx);
-            } else {
-                act.answer(ctx);
-            }
-        }));
+        self.metrics.batch_size.record(committed.len() as f64);
+        if let Some(last) = committed.last() {
+            self.end.fetch_max(last.position + 1, Ordering::AcqRel);
+            self.publish(committed);
+        }
     }
 
-    fn fail_all(&mut self, waiting: Vec<Pending>, e: StoreError, ctx: &mut Context<Self>) {
+    fn fail_all(&mut self, waiting: Vec<Pending>, e: StoreError) {
         tracing::error!(store = %self.config.name, error = %e, "event store commit failed");
         for p in waiting {
             self.metrics.error.increment(1);
-            self.answers.push_back((p, Err(AppendError::Store(e.clone()))));
+            let _ = p.reply.send(Err(AppendError::Store(e.clone())));
         }
-        self.answer(ctx);
     }
 
     /// Hands a commit's events to live subscribers; a subscriber whose buffer

@@ -376,19 +376,6 @@ pub trait EventWriter: Send {
     fn append_batch(
         &mut self,
         batch: Vec<AppendRequest>,
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        self.append_chunks(&mut std::iter::once(batch))
-    }
-    /// Like [`append_batch`](Self::append_batch) for a batch that arrives in
-    /// chunks: the chunks are written as `chunks` yields them, all in one
-    /// transaction, committed once it yields no more. `chunks` may block
-    /// (the event store feeds it from a channel), so that a chunk is written
-    /// while the next is still being gathered. Results are in the order of
-    /// the chunks' requests.
-    #[allow(clippy::type_complexity)]
-    fn append_chunks(
-        &mut self,
-        chunks: &mut dyn Iterator<Item = Vec<AppendRequest>>,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError>;
     /// Stores a snapshot (replacing one at the same stream and version).
     fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StoreError>;

@@ -132,12 +132,10 @@ impl MemoryEventLog {
 }
 
 impl EventWriter for MemoryEventLog {
-    fn append_chunks(
+    fn append_batch(
         &mut self,
-        chunks: &mut dyn Iterator<Item = Vec<AppendRequest>>,
+        batch: Vec<AppendRequest>,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        // Gathered first: readers see the whole batch or none of it.
-        let batch: Vec<AppendRequest> = chunks.flatten().collect();
         Ok(self.write(|s| {
             let timestamp = Timestamp::now().max(s.last_timestamp);
             s.last_timestamp = timestamp;

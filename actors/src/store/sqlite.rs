@@ -266,13 +266,13 @@ fn find_stream(conn: &Connection, stream: &str) -> Result<Option<KnownStream>, S
 }
 
 impl SqliteWriter {
-    /// Validates and writes every request of every chunk in the transaction
-    /// open on `tx`.
+    /// Validates and writes every request of `batch` in the transaction open
+    /// on `tx`.
     #[allow(clippy::type_complexity)]
     fn write_batch(
         tx: &Connection,
         known: &mut Known,
-        chunks: &mut dyn Iterator<Item = Vec<AppendRequest>>,
+        batch: Vec<AppendRequest>,
         timestamp: Timestamp,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         // The transaction holds the write lock, so no other connection can
@@ -292,8 +292,8 @@ impl SqliteWriter {
             "INSERT INTO events (position, id, stream_id, version, event_type, data, metadata, timestamp)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        let mut results = Vec::new();
-        for req in chunks.flatten() {
+        let mut results = Vec::with_capacity(batch.len());
+        for req in batch {
             let result = Self::append_one(tx, &mut insert, &mut known.streams, req, &mut next_position, timestamp);
             if let Err(AppendError::Store(e)) = result {
                 // A storage error may have left part of this request written
@@ -508,15 +508,15 @@ fn remember(streams: &mut HashMap<String, KnownStream>, stream: &str, now: Known
 }
 
 impl EventWriter for SqliteWriter {
-    fn append_chunks(
+    fn append_batch(
         &mut self,
-        chunks: &mut dyn Iterator<Item = Vec<AppendRequest>>,
+        batch: Vec<AppendRequest>,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         let timestamp = Timestamp::now().max(self.last_timestamp);
         // Cached statements, not `Connection::transaction`, which parses
         // BEGIN and COMMIT anew for every batch.
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let committed = Self::write_batch(&self.conn, &mut self.known, chunks, timestamp).and_then(|results| {
+        let committed = Self::write_batch(&self.conn, &mut self.known, batch, timestamp).and_then(|results| {
             self.conn.prepare_cached("COMMIT")?.execute([])?;
             Ok(results)
         });
@@ -692,39 +692,7 @@ mod tests {
     }
 
     #[test]
-    fn chunks_share_one_transaction_committed_when_they_end_and_a_refused_append_spares_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
-        let mut w = log.writer().unwrap();
-        let mut r = log.reader().unwrap();
-        let a = AppendRequest::new("a", ExpectedVersion::NoStream, vec![ev(0)]);
-        let stale = AppendRequest::new("b", ExpectedVersion::Exact(5), vec![ev(1)]);
-        let c = AppendRequest::new("c", ExpectedVersion::NoStream, vec![ev(2)]);
-        // Same id as `a`'s event, which this transaction wrote a chunk ago.
-        let repeat = AppendRequest::new("d", ExpectedVersion::Any, vec![ev(3), a.events[0].clone()]);
-        let mut handed = 0;
-        let mut chunks = vec![vec![a.clone(), stale], vec![c, repeat]].into_iter().inspect(|_| {
-            // The first chunk is written by now, but not committed: a reader
-            // (and so an appender's answer) must not see it yet.
-            if handed == 1 {
-                assert_eq!(r.end_position().unwrap(), 0, "a chunk was committed before the batch ended");
-            }
-            handed += 1;
-        });
-        let results = w.append_chunks(&mut chunks).unwrap();
-        assert_eq!(handed, 2);
-        assert_eq!(results.len(), 4);
-        assert_eq!(results[0].as_ref().unwrap().result.positions, Some(0..=0));
-        assert!(matches!(results[1], Err(AppendError::WrongExpectedVersion { actual: None, .. })), "{results:?}");
-        assert_eq!(results[2].as_ref().unwrap().result.positions, Some(1..=1));
-        assert!(matches!(results[3], Err(AppendError::DuplicateEventId { .. })), "{results:?}");
-        let mut r = log.reader().unwrap();
-        let stored: Vec<_> = r.read_all(0, Direction::Forward, 10).unwrap().into_iter().map(|e| e.stream).collect();
-        assert_eq!(stored, ["a", "c"]);
-    }
-
-    #[test]
-    fn a_storage_error_in_a_later_chunk_takes_back_the_earlier_ones() {
+    fn a_storage_error_part_way_takes_back_the_whole_batch_and_the_writer_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
         // A runtime error (integer overflow) for one kind of event, as a
@@ -740,13 +708,12 @@ mod tests {
         let a = AppendRequest::new("a", ExpectedVersion::NoStream, vec![ev(0)]);
         let boom =
             AppendRequest::new("b", ExpectedVersion::NoStream, vec![NewEvent::new("Boom", serde_json::json!(1))]);
-        let never = AppendRequest::new("c", ExpectedVersion::NoStream, vec![ev(2)]);
-        let mut chunks = vec![vec![a.clone()], vec![boom], vec![never]].into_iter();
-        assert!(w.append_chunks(&mut chunks).is_err());
-        assert_eq!(chunks.len(), 1, "the writer stops taking chunks at the error");
+        let c = AppendRequest::new("c", ExpectedVersion::NoStream, vec![ev(2)]);
+        assert!(w.append_batch(vec![a.clone(), boom, c]).is_err());
         let mut r = log.reader().unwrap();
         assert_eq!(r.end_position().unwrap(), 0);
-        // The writer forgot what the rolled back chunks taught it.
+        // The transaction is over (the next one can begin), and the writer
+        // forgot what the rolled back requests taught it.
         assert_eq!(only(w.append_batch(vec![a]).unwrap()).unwrap().positions, Some(0..=0));
     }
 
