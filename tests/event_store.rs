@@ -166,6 +166,18 @@ async fn concurrent_appends_share_commits() {
 }
 
 #[actix_rt::test]
+async fn appends_beyond_a_full_mailbox_wait_for_room_instead_of_failing() {
+    // max_batch 1: a mailbox of 16 (its floor), one append per commit.
+    let (_dir, store) = sqlite_store(EventStoreConfig { max_batch: 1, ..EventStoreConfig::default() });
+    // Sent from one task before the actor runs: all but 16 find it full.
+    let appends = (0..100u64).map(|i| store.append(format!("s-{i}"), ExpectedVersion::NoStream, vec![ev(i)]));
+    for r in join_all(appends).await {
+        r.unwrap();
+    }
+    assert_eq!(store.read_all(0, Direction::Forward, 200).await.unwrap().len(), 100);
+}
+
+#[actix_rt::test]
 async fn reads_forward_backward_and_across_all() {
     for (_dir, store) in both_backends() {
         for i in 0..6u64 {

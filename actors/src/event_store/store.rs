@@ -65,6 +65,18 @@ impl Message for Append {
     type Result = Result<AppendResult, AppendError>;
 }
 
+/// An append with its reply channel: the handle's path. Unlike [`Append`]
+/// through `Addr::send`, it spares actix's request machinery (a second
+/// channel, and a task spawned to await the answer) on every append.
+struct AppendWithReply {
+    request: AppendRequest,
+    reply: oneshot::Sender<Result<AppendResult, AppendError>>,
+}
+
+impl Message for AppendWithReply {
+    type Result = ();
+}
+
 /// Registers a live subscriber: from now on, every committed event of the
 /// target is sent to it, one batch per commit, until the channel is full or
 /// closed.
@@ -346,12 +358,22 @@ impl Handler<Append> for EventStore {
 
     fn handle(&mut self, Append(request): Append, ctx: &mut Context<Self>) -> Self::Result {
         let (reply, answer) = oneshot::channel();
+        Handler::<AppendWithReply>::handle(self, AppendWithReply { request, reply }, ctx);
+        Box::pin(answered(answer))
+    }
+}
+
+impl Handler<AppendWithReply> for EventStore {
+    type Result = ();
+
+    fn handle(&mut self, AppendWithReply { request, reply }: AppendWithReply, ctx: &mut Context<Self>) {
         self.queue.push_back((request, Pending { reply, received: Instant::now() }));
         self.write_soon(ctx);
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the event store stopped".into()).into()))
-        })
     }
+}
+
+async fn answered(answer: oneshot::Receiver<Result<AppendResult, AppendError>>) -> Result<AppendResult, AppendError> {
+    answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the event store stopped".into()).into()))
 }
 
 impl Handler<RegisterLive> for EventStore {
@@ -416,8 +438,15 @@ impl EventStoreHandle {
 
     /// Appends a prepared request (keep it to retry idempotently).
     pub async fn append_request(&self, request: AppendRequest) -> Result<AppendResult, AppendError> {
-        match self.store.send(Append(request)).await {
-            Ok(r) => r,
+        let (reply, answer) = oneshot::channel();
+        let sent = match self.store.try_send(AppendWithReply { request, reply }) {
+            Ok(()) => Ok(()),
+            // A full mailbox: wait for room, as `send` would.
+            Err(SendError::Full(msg)) => self.store.send(msg).await,
+            Err(SendError::Closed(_)) => Err(MailboxError::Closed),
+        };
+        match sent {
+            Ok(()) => answered(answer).await,
             Err(e) => Err(AppendError::Store(e.into())),
         }
     }

@@ -433,7 +433,8 @@ pub fn validate_stream_name(stream: &str) -> Result<(), AppendError> {
 ///
 /// `current` is the stream's version as seen inside the writer's transaction
 /// (so it includes earlier requests of the same batch); `existing[i]` says
-/// where the id of `req.events[i]` is already stored, if anywhere.
+/// where the id of `req.events[i]` is already stored, if anywhere (past the
+/// end of `existing`: nowhere).
 ///
 /// The rules:
 /// - no event id is stored yet: the expected version must match, then write;
@@ -449,9 +450,10 @@ pub fn plan_append(
     existing: &[Option<StoredAt>],
 ) -> Result<AppendPlan, AppendError> {
     validate_stream_name(&req.stream)?;
-    let mut seen = HashSet::with_capacity(req.events.len());
-    for e in &req.events {
-        if let Some(id) = e.id {
+    // No set for one event (most appends), where no id can repeat.
+    if req.events.len() > 1 {
+        let mut seen = HashSet::with_capacity(req.events.len());
+        for id in req.events.iter().filter_map(|e| e.id) {
             if !seen.insert(id) {
                 return Err(AppendError::InvalidRequest(format!("event id {id} appears twice in one append")));
             }

@@ -24,10 +24,11 @@
 //! rolls back whatever had not committed when the file is next opened: a
 //! batch is on disk whole or not at all.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Params, Statement, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Params, Statement};
 use uuid::Uuid;
 
 use super::data_dir::{open_sqlite_file, open_sqlite_reader};
@@ -265,10 +266,11 @@ fn find_stream(conn: &Connection, stream: &str) -> Result<Option<KnownStream>, S
 }
 
 impl SqliteWriter {
-    /// Validates and writes every request of `batch` inside `tx`.
+    /// Validates and writes every request of `batch` in the transaction open
+    /// on `tx`.
     #[allow(clippy::type_complexity)]
     fn write_batch(
-        tx: &Transaction<'_>,
+        tx: &Connection,
         known: &mut Known,
         batch: Vec<AppendRequest>,
         timestamp: Timestamp,
@@ -307,7 +309,7 @@ impl SqliteWriter {
     }
 
     fn append_one(
-        tx: &Transaction<'_>,
+        tx: &Connection,
         insert: &mut Statement<'_>,
         streams: &mut HashMap<String, KnownStream>,
         mut req: AppendRequest,
@@ -328,8 +330,7 @@ impl SqliteWriter {
         // First assume that no event id of the request is stored: the unique
         // index on ids checks that as the events go in, which spares a lookup
         // per event. Only an append that conflicts pays for the lookups.
-        let unseen = vec![None; req.events.len()];
-        let planned = match plan_append(&req, current, &unseen) {
+        let planned = match plan_append(&req, current, &[]) {
             Ok(AppendPlan::Write { first_version }) => Some(first_version),
             Ok(AppendPlan::Skip(result)) => return Ok(AppendOutcome { result, recorded: Vec::new() }),
             // A retry of an append that was written fails the version check
@@ -409,7 +410,7 @@ impl SqliteWriter {
 
     /// Plans `req` from what storage says (the stream's version and where
     /// each of its event ids is stored), not from what the writer remembers.
-    fn plan_from_storage(tx: &Transaction<'_>, req: &AppendRequest) -> Result<AppendPlan, AppendError> {
+    fn plan_from_storage(tx: &Connection, req: &AppendRequest) -> Result<AppendPlan, AppendError> {
         let current = stream_version(tx, &req.stream)?;
         let mut existing = Vec::with_capacity(req.events.len());
         let mut find = tx.prepare_cached(
@@ -439,7 +440,7 @@ impl SqliteWriter {
     /// The integer id of `stream`: `id` if known, else a new row of
     /// `streams` (remembered in `id`). If the append is then refused, the row
     /// stays: a stream id without events reads as no stream.
-    fn stream_id(tx: &Transaction<'_>, id: &mut Option<i64>, stream: &str) -> Result<i64, AppendError> {
+    fn stream_id(tx: &Connection, id: &mut Option<i64>, stream: &str) -> Result<i64, AppendError> {
         if let Some(id) = *id {
             return Ok(id);
         }
@@ -464,7 +465,13 @@ impl SqliteWriter {
     ) -> Result<bool, AppendError> {
         for (i, e) in req.events.iter().enumerate() {
             let data = serde_json::to_vec(&e.data).map_err(StoreError::from)?;
-            let metadata = serde_json::to_vec(&e.metadata).map_err(StoreError::from)?;
+            // Most events carry no metadata: its JSON is `{}`, without a
+            // serializer and a buffer per event.
+            let metadata = if e.metadata == EventMetadata::default() {
+                Cow::Borrowed(&b"{}"[..])
+            } else {
+                Cow::Owned(serde_json::to_vec(&e.metadata).map_err(StoreError::from)?)
+            };
             let inserted = insert.execute(params![
                 to_i64(position + i as u64, "position")?,
                 e.id.unwrap_or_default().0.as_bytes().as_slice(), // set by `append_one`
@@ -506,13 +513,23 @@ impl EventWriter for SqliteWriter {
         batch: Vec<AppendRequest>,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         let timestamp = Timestamp::now().max(self.last_timestamp);
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let written = Self::write_batch(&tx, &mut self.known, batch, timestamp);
-        let committed = written.and_then(|results| tx.commit().map(|()| results).map_err(StoreError::from));
+        // Cached statements, not `Connection::transaction`, which parses
+        // BEGIN and COMMIT anew for every batch.
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let committed = Self::write_batch(&self.conn, &mut self.known, batch, timestamp).and_then(|results| {
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(results)
+        });
         match committed {
             Ok(_) => self.last_timestamp = timestamp,
-            // The rollback undid what the batch taught the writer.
-            Err(_) => self.known = Known::default(),
+            Err(_) => {
+                // Some errors (a full disk) have rolled it back already.
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                // The rollback undid what the batch taught the writer.
+                self.known = Known::default();
+            }
         }
         committed
     }
@@ -672,6 +689,32 @@ mod tests {
         let mut r = log.reader().unwrap();
         assert_eq!(r.end_position().unwrap(), 2);
         assert_eq!(r.stream_version("a").unwrap(), Some(0));
+    }
+
+    #[test]
+    fn a_storage_error_part_way_takes_back_the_whole_batch_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
+        // A runtime error (integer overflow) for one kind of event, as a
+        // failing disk would give: not a refusal of one request.
+        Connection::open(log.path())
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.event_type = 'Boom'
+                 BEGIN SELECT abs(-9223372036854775808); END;",
+            )
+            .unwrap();
+        let mut w = log.writer().unwrap();
+        let a = AppendRequest::new("a", ExpectedVersion::NoStream, vec![ev(0)]);
+        let boom =
+            AppendRequest::new("b", ExpectedVersion::NoStream, vec![NewEvent::new("Boom", serde_json::json!(1))]);
+        let c = AppendRequest::new("c", ExpectedVersion::NoStream, vec![ev(2)]);
+        assert!(w.append_batch(vec![a.clone(), boom, c]).is_err());
+        let mut r = log.reader().unwrap();
+        assert_eq!(r.end_position().unwrap(), 0);
+        // The transaction is over (the next one can begin), and the writer
+        // forgot what the rolled back requests taught it.
+        assert_eq!(only(w.append_batch(vec![a]).unwrap()).unwrap().positions, Some(0..=0));
     }
 
     #[test]
