@@ -21,8 +21,7 @@
 //! `cargo bench --bench queue`; `cargo bench --bench queue -- durable` runs
 //! only the durable rows; `MEMORY_ONLY=1` runs only the memory part.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -30,7 +29,6 @@ use actorbus::actors::pool::handler_fn;
 use actorbus::actors::queue::QueueHandle;
 use actorbus::{Bus, Envelope, Priority};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use tokio::sync::Notify;
 
 const BATCH: u64 = 10_000;
 
@@ -156,22 +154,13 @@ fn competing_consumers(c: &mut Criterion) {
     let mut group = c.benchmark_group("pool");
     group.throughput(Throughput::Elements(N)).sample_size(10).measurement_time(Duration::from_secs(5));
     for workers in [1usize, 2] {
-        // The handlers count what they handled and wake the bench at the
-        // batch's last one: a sleeping poll of the queue's counters would
-        // add up to a timer tick (1 ms) to every 10-20 ms batch.
-        let handled = Arc::new((AtomicU64::new(0), Notify::new()));
         let (bus, q, pool) = sys.block_on(async {
             let bus = Bus::builder().worker_arbiters(2).build().expect("bus");
             let q = bus.queue::<u64>(&format!("bench-pool-{workers}")).capacity(1 << 16).start().expect("queue");
-            let counted = Arc::clone(&handled);
             let pool = bus
-                .consumer_pool(&q, move || {
-                    let counted = Arc::clone(&counted);
-                    handler_fn(move |_: Envelope<u64>| {
+                .consumer_pool(&q, || {
+                    handler_fn(|_: Envelope<u64>| {
                         burn(Duration::from_micros(10));
-                        if (counted.0.fetch_add(1, Ordering::Relaxed) + 1) % N == 0 {
-                            counted.1.notify_one();
-                        }
                         async { Ok(()) }
                     })
                 })
@@ -191,10 +180,8 @@ fn competing_consumers(c: &mut Criterion) {
                         for i in 0..N {
                             q.send(i).await.expect("send");
                         }
-                        handled.1.notified().await;
-                        // The last acks reach the queue microseconds later.
                         while q.stats().acked < target {
-                            tokio::task::yield_now().await;
+                            actix_rt::time::sleep(Duration::from_micros(50)).await;
                         }
                     }
                     start.elapsed()
