@@ -582,17 +582,13 @@ impl<T> Consumer<T> {
     /// be claimed are dead-lettered here, never returned.
     pub async fn recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let mut handed = match self.waiting() {
+            let handed = match self.fresh() {
                 Some(h) => h,
                 None => {
                     self.buf = self.rx.recv().await?.into_iter();
                     continue;
                 }
             };
-            self.link.more.store(self.buf.len() > 0 || !self.rx.is_empty(), Ordering::Relaxed);
-            if Self::expired(&mut handed) {
-                continue;
-            }
             let (d, ticket) = match handed {
                 Handed::Ready(d) => return Some(d),
                 Handed::Ticket(d, ticket) => (d, ticket),
@@ -612,12 +608,7 @@ impl<T> Consumer<T> {
     /// here: it stays first in line for the next [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let mut handed = self.waiting()?;
-            self.link.more.store(self.buf.len() > 0 || !self.rx.is_empty(), Ordering::Relaxed);
-            if Self::expired(&mut handed) {
-                continue;
-            }
-            let (d, ticket) = match handed {
+            let (d, ticket) = match self.fresh()? {
                 Handed::Ready(d) => return Some(d),
                 Handed::Ticket(d, ticket) => (d, ticket),
             };
@@ -629,6 +620,18 @@ impl<T> Consumer<T> {
             };
             if let Some(d) = Self::claimed(d, claimed) {
                 return Some(d);
+            }
+        }
+    }
+
+    /// The next waiting delivery that has not expired (those are settled as
+    /// expired on the way), telling the queue whether more wait behind it.
+    fn fresh(&mut self) -> Option<Handed<T>> {
+        loop {
+            let mut handed = self.waiting()?;
+            self.link.more.store(self.buf.len() > 0 || !self.rx.is_empty(), Ordering::Relaxed);
+            if !Self::expired(&mut handed) {
+                return Some(handed);
             }
         }
     }
