@@ -220,3 +220,51 @@ async fn every_sixteenth_request_is_timed_and_recorded_in_batches() {
     assert_eq!(count(), 100.0);
     assert_eq!(metric(&bus, "actorbus_request_reply_handled_total", r#"name="rr-timed",outcome="ok""#), 1600.0);
 }
+
+/// Counts its calls; panics, after waiting, on the calls whose count is a
+/// multiple of 3.
+struct Flaky {
+    calls: u64,
+}
+
+impl Service for Flaky {
+    type Request = Sleep;
+    async fn call(&mut self, Sleep(ms): Sleep, _cx: RequestContext) -> Result<u64, HandlerError> {
+        self.calls += 1;
+        actix_rt::time::sleep(Duration::from_millis(ms)).await;
+        if self.calls % 3 == 0 {
+            panic!("call {} went wrong", self.calls);
+        }
+        Ok(self.calls)
+    }
+}
+
+/// A handler that waits before it answers or panics is resumed by the
+/// actor, not answered at once: the same outcomes, the state rebuilt after
+/// each panic. Run with and without a tracing subscriber, which puts each
+/// handler in a span.
+#[test]
+fn handlers_that_wait_then_answer_or_panic() {
+    // Metrics are process-wide: each run has a service of its own.
+    let run = |name: &'static str| {
+        actix_rt::System::new().block_on(async {
+            let bus = bus();
+            bus.service(name, || Flaky { calls: 0 }).start().await.unwrap();
+            let mut answers = Vec::new();
+            for _ in 0..9 {
+                answers.push(bus.request(name, Sleep(2)).await);
+            }
+            let panic = |n: u64| Err(RequestError::Failed(FailureReason::Panic(format!("call {n} went wrong"))));
+            // Every third call panics, and the rebuilt state counts from 0.
+            let expected: Vec<_> = (0..3).flat_map(|_| [Ok(1), Ok(2), panic(3)]).collect();
+            assert_eq!(answers, expected);
+            let handled = |outcome: &str| {
+                metric(&bus, "actorbus_request_reply_handled_total", &format!(r#"name="{name}",outcome="{outcome}""#))
+            };
+            assert_eq!((handled("ok"), handled("panic")), (6.0, 3.0));
+        })
+    };
+    run("rr-flaky");
+    let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_test_writer().finish();
+    tracing::subscriber::with_default(subscriber, || run("rr-flaky-traced"));
+}

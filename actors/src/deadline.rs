@@ -18,7 +18,8 @@
 //! table.
 //!
 //! ```
-//! use std::time::{Duration, Instant};
+//! use std::time::Duration;
+//! use actorbus_actors::clock::Instant;
 //! use actorbus_actors::deadline::{within, Elapsed};
 //!
 //! # futures::executor::block_on(async {
@@ -36,7 +37,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+
+use crate::clock::Instant;
 
 /// The deadline passed first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -300,8 +302,10 @@ impl Future for LocalReaper {
             });
             due.into_iter().for_each(Waker::wake);
             let Some(at) = next else { return Poll::Pending };
-            let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
-            sleep.as_mut().reset(at.into());
+            // Deadlines are on the runtime's clock, timers on tokio's.
+            let at = tokio::time::Instant::now() + at.saturating_duration_since(Instant::now());
+            let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            sleep.as_mut().reset(at);
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -319,7 +323,8 @@ impl Drop for LocalReaper {
     }
 }
 
-/// Runs `fut` until it completes or `deadline` passes, whichever is first.
+/// Runs `fut` until it completes or `deadline` (on the runtime's
+/// [clock](crate::clock)) passes, whichever is first.
 /// `fut` must be `Unpin` (box it with `Box::pin` otherwise), which keeps this
 /// free of unsafe pin projection.
 pub fn within<F: Future + Unpin>(deadline: Instant, fut: F) -> Within<F> {

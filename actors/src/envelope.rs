@@ -90,9 +90,11 @@ impl FromStr for MessageId {
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
-    /// The current wall-clock time.
+    /// The current wall-clock time, from the runtime's [clock](crate::clock)
+    /// (the system clock as of at most 100 ms ago, advanced by the CPU's
+    /// counter since).
     pub fn now() -> Self {
-        Self::from(SystemTime::now())
+        crate::clock::wall_now()
     }
 
     /// Microseconds since the Unix epoch.

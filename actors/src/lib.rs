@@ -12,6 +12,8 @@
 //! - [`envelope`]: the [`Envelope`](envelope::Envelope) every message travels in.
 //! - [`error`]: failure reasons and the error type user handlers return.
 //! - [`backpressure`]: bounded buffers and overflow policies.
+//! - [`clock`]: the monotonic instant deadlines use and the wall-clock
+//!   stamps of envelopes, from one cheap counter read.
 //! - [`deadline`]: cheap timeouts for many in-flight requests.
 //! - [`metrics`]: every metric name in one place.
 //! - [`dead_letter`]: the hook through which patterns hand over what they
@@ -42,6 +44,7 @@
 
 pub mod backpressure;
 pub mod claim_check;
+pub mod clock;
 pub mod dead_letter;
 pub mod deadline;
 pub mod dlq;

@@ -3,13 +3,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::target::Target;
+use crate::clock::Instant;
 use crate::dead_letter::{SharedHook, Undeliverable};
 use crate::deadline;
 use crate::envelope::{Envelope, MessageId, Timestamp};
