@@ -19,14 +19,14 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use actorbus_actors::clock::Instant;
+//! use actorbus_actors::clock;
 //! use actorbus_actors::deadline::{within, Elapsed};
 //!
 //! # futures::executor::block_on(async {
 //! let never = futures::future::pending::<()>();
-//! let out = within(Instant::now() + Duration::from_millis(20), never).await;
+//! let out = within(clock::now() + Duration::from_millis(20), never).await;
 //! assert_eq!(out, Err(Elapsed));
-//! assert_eq!(within(Instant::now() + Duration::from_secs(1), std::future::ready(7)).await, Ok(7));
+//! assert_eq!(within(clock::now() + Duration::from_secs(1), std::future::ready(7)).await, Ok(7));
 //! # });
 //! ```
 
@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
-use crate::clock::Instant;
+use crate::clock::{self, Instant};
 
 /// The deadline passed first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +91,7 @@ impl Reaper {
     fn run(&self) {
         let mut table = self.lock();
         loop {
-            let now = Instant::now();
+            let now = clock::now();
             let mut due = Vec::new();
             while let Some(entry) = table.pending.first_entry() {
                 if entry.key().0 > now {
@@ -287,7 +287,7 @@ impl Future for LocalReaper {
             let next = LOCAL.with(|cell| {
                 let mut state = cell.borrow_mut();
                 let LocalState::Table(t) = &mut *state else { return None };
-                let now = Instant::now();
+                let now = clock::now();
                 let mut next: Option<Instant> = None;
                 for slot in t.slots.iter_mut().filter(|s| s.waker.is_some()) {
                     if slot.deadline <= now {
@@ -303,7 +303,7 @@ impl Future for LocalReaper {
             due.into_iter().for_each(Waker::wake);
             let Some(at) = next else { return Poll::Pending };
             // Deadlines are on the runtime's clock, timers on tokio's.
-            let at = tokio::time::Instant::now() + at.saturating_duration_since(Instant::now());
+            let at = tokio::time::Instant::now() + at.saturating_duration_since(clock::now());
             let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
             sleep.as_mut().reset(at);
             if sleep.as_mut().poll(cx).is_pending() {
@@ -357,7 +357,7 @@ impl<F: Future + Unpin> Future for Within<F> {
                 Poll::Pending
             }
             Some(key) => {
-                if Instant::now() >= this.deadline || !refresh(key, cx.waker()) {
+                if clock::now() >= this.deadline || !refresh(key, cx.waker()) {
                     this.key = None;
                     cancel(key);
                     return Poll::Ready(Err(Elapsed));
@@ -383,22 +383,21 @@ mod tests {
 
     #[test]
     fn many_deadlines_fire_in_order_and_cancelled_ones_never_do() {
-        let start = Instant::now();
+        let start = clock::now();
         let outs = futures::executor::block_on(futures::future::join_all((0..50u64).map(|i| async move {
             let at = start + Duration::from_millis(10 + (i % 5) * 10);
             let r = within(at, futures::future::pending::<()>()).await;
-            (r, Instant::now() >= at)
+            (r, clock::now() >= at)
         })));
         assert!(outs.iter().all(|(r, late_enough)| *r == Err(Elapsed) && *late_enough));
         // Finished futures leave nothing behind.
         for _ in 0..100 {
             assert_eq!(
-                futures::executor::block_on(within(Instant::now() + Duration::from_secs(60), std::future::ready(1))),
+                futures::executor::block_on(within(clock::now() + Duration::from_secs(60), std::future::ready(1))),
                 Ok(1)
             );
         }
-        let leftover =
-            reaper().lock().pending.keys().filter(|k| k.0 > Instant::now() + Duration::from_secs(30)).count();
+        let leftover = reaper().lock().pending.keys().filter(|k| k.0 > clock::now() + Duration::from_secs(30)).count();
         assert_eq!(leftover, 0);
     }
 
@@ -414,7 +413,7 @@ mod tests {
         for _ in 0..2 {
             // A second System on the same thread gets a new reaper.
             actix_rt::System::new().block_on(async {
-                let start = Instant::now();
+                let start = clock::now();
                 let waits = [80u64, 10, 40, 5000, 20];
                 let outs = futures::future::join_all(waits.iter().map(|&ms| async move {
                     let at = start + Duration::from_millis(ms);
@@ -422,17 +421,17 @@ mod tests {
                     if ms == 5000 {
                         // Cancelled long before its deadline: must not fire.
                         let r = within(start + Duration::from_millis(100), fut).await;
-                        return (ms, r.is_err(), Instant::now() < at);
+                        return (ms, r.is_err(), clock::now() < at);
                     }
                     let r = fut.await;
-                    (ms, r == Err(Elapsed), Instant::now() >= at)
+                    (ms, r == Err(Elapsed), clock::now() >= at)
                 }))
                 .await;
                 for (ms, fired, on_time) in outs {
                     assert!(fired && on_time, "deadline {ms} ms");
                 }
                 for _ in 0..1000 {
-                    assert_eq!(within(Instant::now() + Duration::from_secs(60), std::future::ready(1)).await, Ok(1));
+                    assert_eq!(within(clock::now() + Duration::from_secs(60), std::future::ready(1)).await, Ok(1));
                 }
                 assert_eq!(local_slots_in_use(), 0, "every slot was freed");
             });

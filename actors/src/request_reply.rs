@@ -42,7 +42,7 @@ use actix::prelude::*;
 use tokio::sync::{oneshot, Notify};
 
 use crate::backpressure::OverflowPolicy;
-use crate::clock::Instant;
+use crate::clock::{self, Instant};
 use crate::deadline::{self, Within};
 use crate::envelope::{Envelope, Headers, MessageId, Timestamp};
 use crate::error::{FailureReason, HandlerError};
@@ -294,7 +294,7 @@ impl<R: Request> ServiceRef<R> {
         if budget.is_zero() {
             return done(Err(RequestError::Expired));
         }
-        let deadline = Instant::now() + budget;
+        let deadline = clock::now() + budget;
         let (reply, response) = oneshot::channel();
         // Try first: the inbox almost always has room, and only a full one
         // under `block` needs the (boxed, deadline-bounded) waiting send.
@@ -696,7 +696,7 @@ impl<S: Service> Handler<Ask<S::Request>> for ServiceActor<S> {
         let Ask { envelope, deadline, reply } = ask;
         // The one clock read of a request at the service: the expiry check
         // and, for every 16th request, the latency sample's start.
-        let started = Instant::now();
+        let started = clock::now();
         if started >= deadline {
             self.metrics.expired.increment(1);
             let _ = reply.send(Err(RequestError::Expired));

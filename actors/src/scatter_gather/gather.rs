@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::target::Target;
-use crate::clock::Instant;
+use crate::clock;
 use crate::dead_letter::{SharedHook, Undeliverable};
 use crate::deadline;
 use crate::envelope::{Envelope, MessageId, Timestamp};
@@ -220,7 +220,7 @@ impl<Q: Clone + Send + 'static, A: Send + 'static> Gather<Q, A> {
     /// Scatters the request, folds the replies, and returns when the first
     /// completion condition fires.
     pub async fn run<Acc: Send + 'static>(self, aggregator: Aggregator<A, Acc>) -> GatherResult<Acc> {
-        let started = Instant::now();
+        let started = clock::now();
         let Gather { name, mut request, targets, first_n, quorum, timeout, dead_letter } = self;
         let budget = request.remaining().map_or(timeout, |left| left.min(timeout));
         let deadline = started + budget;
