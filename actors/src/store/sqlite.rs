@@ -34,8 +34,8 @@ use uuid::Uuid;
 use super::data_dir::{open_sqlite_file, open_sqlite_reader};
 use super::error::{to_i64, to_u64};
 use super::event_log::{
-    plan_append, AppendError, AppendOutcome, AppendPlan, AppendRequest, AppendResult, Checkpoint, Direction, EventLog,
-    EventMetadata, EventReader, EventWriter, NewEvent, RecordedEvent, Snapshot, StoredAt,
+    plan_append, plan_valid_append, AppendError, AppendOutcome, AppendPlan, AppendRequest, AppendResult, Checkpoint,
+    Direction, EventLog, EventMetadata, EventReader, EventWriter, NewEvent, RecordedEvent, Snapshot, StoredAt,
 };
 use super::migrate::Migration;
 use super::{DataDir, StoreError};
@@ -347,32 +347,40 @@ impl SqliteWriter {
         req: &mut AppendRequest,
         next_position: u64,
     ) -> Result<Option<(i64, u64)>, StoreError> {
-        if super::event_log::validate_stream_name(&req.stream).is_err() {
-            return Ok(None);
-        }
-        let known = match streams.get(req.stream.as_str()) {
-            Some(&s) => Some(s),
-            None => find_stream(tx, &req.stream)?,
-        };
         // A request built by hand may lack ids: give them here, once, so the
         // stored row and the recorded event carry the same one.
         for e in &mut req.events {
             e.id.get_or_insert_with(MessageId::new);
         }
+        // One hash lookup for a stream the writer remembers (the common
+        // case), and no second check of its name: it was checked when the
+        // stream was first written.
+        if let Some(known) = streams.get_mut(req.stream.as_str()) {
+            let Ok(AppendPlan::Write { first_version }) = plan_valid_append(req, known.version, &[]) else {
+                return Ok(None);
+            };
+            to_i64(next_position + req.events.len() as u64, "position")?;
+            known.version = Some(first_version + req.events.len() as u64 - 1); // a `Write` plan has events
+            return Ok(Some((known.id, first_version)));
+        }
+        if super::event_log::validate_stream_name(&req.stream).is_err() {
+            return Ok(None);
+        }
+        let known = find_stream(tx, &req.stream)?;
         let Ok(AppendPlan::Write { first_version }) = plan_append(req, known.and_then(|s| s.version), &[]) else {
             return Ok(None);
         };
+        // The position is checked here so that writing the run cannot fail
+        // on it.
+        to_i64(next_position + req.events.len() as u64, "position")?;
         let mut stream_id = known.map(|s| s.id);
         let id = match Self::stream_id(tx, &mut stream_id, &req.stream) {
             Ok(id) => id,
             Err(AppendError::Store(e)) => return Err(e),
             Err(e) => return Err(StoreError::Backend(e.to_string())),
         };
-        let version = first_version + req.events.len() as u64 - 1; // a `Write` plan has events
+        let version = first_version + req.events.len() as u64 - 1;
         remember(streams, &req.stream, KnownStream { id, version: Some(version) });
-        // The position is checked here so that writing the run cannot fail
-        // on it.
-        to_i64(next_position + req.events.len() as u64, "position")?;
         Ok(Some((id, first_version)))
     }
 
@@ -628,12 +636,19 @@ impl SqliteWriter {
 fn recorded(req: AppendRequest, first_version: u64, first_position: u64, timestamp: Timestamp) -> AppendOutcome {
     let AppendRequest { stream, events, .. } = req;
     let n = events.len() as u64;
+    // Every event but the last gets a copy of the stream name; the last
+    // takes the request's own (most appends have one event: no copy).
+    let mut stream = Some(stream);
     let recorded = events
         .into_iter()
         .enumerate()
         .map(|(i, e)| RecordedEvent {
             id: e.id.unwrap_or_default(),
-            stream: stream.clone(),
+            stream: if i as u64 + 1 == n {
+                stream.take().unwrap_or_default()
+            } else {
+                stream.clone().unwrap_or_default()
+            },
             version: first_version + i as u64,
             position: first_position + i as u64,
             event_type: e.event_type,
