@@ -25,6 +25,7 @@
 //! batch is on disk whole or not at all.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -403,7 +404,7 @@ impl SqliteWriter {
             return Ok(());
         }
         let planned = std::mem::take(&mut run.planned);
-        if Self::insert_run(tx, &planned, &run.rows, timestamp)? {
+        if Self::insert_run(tx, &planned, run, timestamp)? {
             for p in planned {
                 results[p.slot] = Some(Ok(recorded(p.req, p.first_version, p.first_position, timestamp)));
             }
@@ -420,6 +421,7 @@ impl SqliteWriter {
             }
         }
         run.rows.clear();
+        run.bytes.clear();
         run.start = *next_position;
         Ok(())
     }
@@ -428,12 +430,7 @@ impl SqliteWriter {
     /// [`INSERT_SQL`] allow. False when an event id or version is already
     /// taken (the failed statement is undone; the run's earlier statements
     /// are not).
-    fn insert_run(
-        tx: &Connection,
-        planned: &[Planned],
-        rows: &[Row],
-        timestamp: Timestamp,
-    ) -> Result<bool, StoreError> {
+    fn insert_run(tx: &Connection, planned: &[Planned], run: &Run, timestamp: Timestamp) -> Result<bool, StoreError> {
         let timestamp = to_i64(timestamp.0, "timestamp")?;
         let mut events = planned.iter().flat_map(|p| {
             p.req
@@ -442,7 +439,7 @@ impl SqliteWriter {
                 .enumerate()
                 .map(move |(i, e)| (p.first_position + i as u64, e, p.stream_id, p.first_version + i as u64))
         });
-        let mut rows = rows.iter();
+        let mut rows = run.rows.iter();
         let mut left = rows.len();
         while left > 0 {
             let (size, sql) = INSERT_SIZES
@@ -461,8 +458,14 @@ impl SqliteWriter {
                 stmt.raw_bind_parameter(p + 3, stream_id)?;
                 stmt.raw_bind_parameter(p + 4, to_i64(version, "version")?)?;
                 stmt.raw_bind_parameter(p + 5, e.event_type.as_str())?;
-                stmt.raw_bind_parameter(p + 6, row.data.as_slice())?;
-                stmt.raw_bind_parameter(p + 7, row.metadata())?;
+                let bytes = |r: &Range<usize>| {
+                    run.bytes.get(r.clone()).ok_or_else(|| StoreError::Corrupt("a run row out of its buffer".into()))
+                };
+                stmt.raw_bind_parameter(p + 6, bytes(&row.data)?)?;
+                match &row.metadata {
+                    Some(m) => stmt.raw_bind_parameter(p + 7, bytes(m)?)?,
+                    None => stmt.raw_bind_parameter(p + 7, rusqlite::types::Null)?,
+                }
                 stmt.raw_bind_parameter(p + 8, timestamp)?;
             }
             match stmt.raw_execute() {
@@ -685,7 +688,8 @@ static INSERT_SQL: LazyLock<[String; 4]> = LazyLock::new(|| {
             if r > 0 {
                 sql.push(',');
             }
-            sql.push_str("(?,?,?,?,?,?,?,?)");
+            // NULL metadata is `{}`: most events have none.
+            sql.push_str("(?,?,?,?,?,?,ifnull(?,x'7b7d'),?)");
         }
         sql
     })
@@ -696,8 +700,11 @@ static INSERT_SQL: LazyLock<[String; 4]> = LazyLock::new(|| {
 #[derive(Default)]
 struct Run {
     planned: Vec<Planned>,
-    /// The events of `planned`, in order.
-    rows: Vec<Row>,
+    /// The events of `planned`, in order, encoded into `bytes`.
+    rows: Vec<RunRow>,
+    /// Every payload and metadata of the run, one after the other: one
+    /// buffer for the run instead of one per event.
+    bytes: Vec<u8>,
     /// The position of the run's first event.
     start: u64,
 }
@@ -732,6 +739,14 @@ impl Row {
     }
 }
 
+/// Where an event's payload and metadata are in [`Run::bytes`].
+struct RunRow {
+    data: Range<usize>,
+    /// `None`: empty metadata, bound as NULL and stored as `{}` (see
+    /// [`INSERT_SQL`]), which spares SQLite a copy.
+    metadata: Option<Range<usize>>,
+}
+
 impl Run {
     fn push(
         &mut self,
@@ -742,7 +757,17 @@ impl Run {
         slot: usize,
     ) -> Result<(), StoreError> {
         for e in &req.events {
-            self.rows.push(Row::encode(e)?);
+            let start = self.bytes.len();
+            serde_json::to_writer(&mut self.bytes, &e.data)?;
+            let data = start..self.bytes.len();
+            let metadata = if e.metadata == EventMetadata::default() {
+                None
+            } else {
+                let start = self.bytes.len();
+                serde_json::to_writer(&mut self.bytes, &e.metadata)?;
+                Some(start..self.bytes.len())
+            };
+            self.rows.push(RunRow { data, metadata });
         }
         self.planned.push(Planned { req, stream_id, first_version, first_position, slot });
         Ok(())
@@ -1106,7 +1131,9 @@ mod tests {
         // several events; then a second batch that goes on from there.
         let mut batch = Vec::new();
         for i in 0..88u64 {
-            batch.push(AppendRequest::new(format!("s{}", i % 3), ExpectedVersion::Any, vec![ev(i)]));
+            // Some with metadata, most without (stored as `{}`).
+            let e = if i % 5 == 0 { ev(i).with_header("n", i.to_string()) } else { ev(i) };
+            batch.push(AppendRequest::new(format!("s{}", i % 3), ExpectedVersion::Any, vec![e]));
         }
         batch.push(AppendRequest::new("s0", ExpectedVersion::Exact(29), vec![ev(88), ev(89), ev(90)]));
         let results: Vec<_> = w.append_batch(batch).unwrap().into_iter().map(|r| r.unwrap().result).collect();
@@ -1124,6 +1151,8 @@ mod tests {
         for (i, e) in all.iter().enumerate() {
             assert_eq!(e.position, i as u64);
             assert_eq!(e.data, serde_json::json!(i));
+            let header = (i % 5 == 0 && i < 88).then(|| i.to_string());
+            assert_eq!(e.metadata.headers.get("n"), header.as_ref(), "{i}");
         }
         assert_eq!(r.stream_version("s0").unwrap(), Some(32));
         assert_eq!(r.read_stream("s2", 0, Direction::Forward, 100).unwrap().len(), 29);
