@@ -617,3 +617,83 @@ async fn metadata_that_does_not_parse_hides_nothing_and_bad_names_are_refused() 
         }
     }
 }
+
+/// A memory log whose writer fails every batch while `failing` is set, as a
+/// broken disk would.
+struct Failing {
+    log: actorbus::actors::store::MemoryEventLog,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct FailingWriter {
+    writer: Box<dyn actorbus::actors::store::EventWriter>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl actorbus::actors::store::EventLog for Failing {
+    fn writer(&self) -> Result<Box<dyn actorbus::actors::store::EventWriter>, StoreError> {
+        Ok(Box::new(FailingWriter { writer: self.log.writer()?, failing: self.failing.clone() }))
+    }
+    fn reader(&self) -> Result<Box<dyn actorbus::actors::store::EventReader>, StoreError> {
+        self.log.reader()
+    }
+}
+
+impl actorbus::actors::store::EventWriter for FailingWriter {
+    fn append_batch(
+        &mut self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<actorbus::actors::store::AppendOutcome, AppendError>>, StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("the disk is on fire".into()));
+        }
+        self.writer.append_batch(batch)
+    }
+    fn save_snapshot(&mut self, snapshot: &actorbus::actors::store::Snapshot) -> Result<(), StoreError> {
+        self.writer.save_snapshot(snapshot)
+    }
+    fn save_checkpoint(&mut self, checkpoint: &actorbus::actors::store::Checkpoint) -> Result<(), StoreError> {
+        self.writer.save_checkpoint(checkpoint)
+    }
+}
+
+#[actix_rt::test]
+async fn a_failed_commit_answers_every_appender_with_the_error_and_the_store_goes_on() {
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let log = Failing { log: actorbus::actors::store::MemoryEventLog::new(), failing: failing.clone() };
+    let store = EventStore::start(log, EventStoreConfig::named("failing")).expect("start");
+    // Concurrent appends: several batches, every one of them failing.
+    let appends = (0..40u64).map(|i| store.append(format!("s-{}", i % 4), ExpectedVersion::Any, vec![ev(i)]));
+    for result in join_all(appends).await {
+        match result {
+            Err(AppendError::Store(StoreError::Backend(m))) => assert_eq!(m, "the disk is on fire"),
+            other => panic!("expected the storage error, got {other:?}"),
+        }
+    }
+    assert_eq!(store.end_position().await.unwrap(), 0);
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let written = store.append("s-0", ExpectedVersion::NoStream, vec![ev(99)]).await.expect("append");
+    assert_eq!(written.positions, Some(0..=0));
+}
+
+#[actix_rt::test]
+async fn an_answered_append_is_readable_published_and_delivered_without_gaps() {
+    let (_dir, store) = sqlite_store(EventStoreConfig::named("answers"));
+    let mut from_start = store.subscribe_all(0);
+    for round in 0..20u64 {
+        // 8 appenders at a time, so answers come in batches.
+        let appends = (0..8u64).map(|w| store.append(format!("s-{w}"), ExpectedVersion::Any, vec![ev(round * 8 + w)]));
+        for result in join_all(appends).await {
+            let position = *result.expect("append").positions.expect("written").start();
+            // Answered: committed, visible to a reader, counted in the
+            // published end, and where a subscription from it starts.
+            assert!(store.published_end() > position);
+            let mut from_here = store.subscribe_all(position);
+            let first = tokio::time::timeout(Duration::from_secs(10), from_here.next()).await;
+            assert_eq!(first.expect("in time").expect("an event").expect("no error").position, position);
+        }
+    }
+    let all = collect(&mut from_start, 160, None).await;
+    let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (0..160).collect::<Vec<_>>());
+}

@@ -450,6 +450,16 @@ pub fn plan_append(
     existing: &[Option<StoredAt>],
 ) -> Result<AppendPlan, AppendError> {
     validate_stream_name(&req.stream)?;
+    plan_valid_append(req, current, existing)
+}
+
+/// [`plan_append`] for a request whose stream name is known to be valid (a
+/// stream the backend already wrote to), without checking it again.
+pub(crate) fn plan_valid_append(
+    req: &AppendRequest,
+    current: Option<u64>,
+    existing: &[Option<StoredAt>],
+) -> Result<AppendPlan, AppendError> {
     // No set for one event (most appends), where no id can repeat.
     if req.events.len() > 1 {
         let mut seen = HashSet::with_capacity(req.events.len());
