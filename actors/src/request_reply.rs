@@ -40,6 +40,7 @@ use std::time::Duration;
 use actix::dev::SendError;
 use actix::prelude::*;
 use tokio::sync::{oneshot, Notify};
+use tracing::Instrument;
 
 use crate::backpressure::OverflowPolicy;
 use crate::clock::{self, Instant};
@@ -478,8 +479,6 @@ pub struct ServiceActor<S: Service> {
     name: Arc<str>,
     factory: Arc<dyn Fn() -> S + Send + Sync>,
     state: Option<Box<S>>,
-    /// Runs the handler of the request being handled.
-    runner: Runner<S>,
     /// Why the service has no state, while it has none.
     down: Option<String>,
     link: ChildLink,
@@ -558,7 +557,6 @@ impl<S: Service> ServiceActor<S> {
                 name,
                 factory,
                 state: None,
-                runner: runner(),
                 down: Some("starting".into()),
                 link,
                 handled: 0,
@@ -620,26 +618,26 @@ impl<S: Service> ServiceActor<S> {
         }
     }
 
-    fn done(
+    fn finish(
         &mut self,
-        done: Done<S>,
-        started: Option<Instant>,
-        reply: oneshot::Sender<Result<Response<S>, RequestError>>,
+        state: Box<S>,
+        outcome: Result<Result<<S::Request as Request>::Response, HandlerError>, String>,
+        reply: oneshot::Sender<Result<<S::Request as Request>::Response, RequestError>>,
         ctx: &mut Context<Self>,
     ) {
-        self.record_latency(started);
-        let result = match done {
-            Ok((state, Ok(response))) => {
+        let result = match outcome {
+            Ok(Ok(response)) => {
                 self.state = Some(state);
                 self.metrics.ok.increment(1);
                 Ok(response)
             }
-            Ok((state, Err(e))) => {
+            Ok(Err(e)) => {
                 self.state = Some(state);
                 self.metrics.error.increment(1);
                 Err(RequestError::Failed(FailureReason::Failed(e.to_string())))
             }
             Err(msg) => {
+                drop(state);
                 self.metrics.panic.increment(1);
                 self.metrics.panics.increment(1);
                 tracing::warn!(service = %self.name, panic = %msg, "handler panicked; restarting");
@@ -702,7 +700,7 @@ impl<S: Service> Handler<Ask<S::Request>> for ServiceActor<S> {
             let _ = reply.send(Err(RequestError::Expired));
             return;
         }
-        let Some(state) = self.state.take() else {
+        let Some(mut state) = self.state.take() else {
             self.metrics.unavailable.increment(1);
             let reason = self.down.clone().unwrap_or_default();
             let _ = reply.send(Err(RequestError::Unavailable { service: self.name.to_string(), reason }));
@@ -711,98 +709,35 @@ impl<S: Service> Handler<Ask<S::Request>> for ServiceActor<S> {
         let (meta, req) = envelope.split();
         let (meta_id, correlation_id) = (meta.id, meta.correlation_id);
         let causation = Causation { message_id: meta_id, correlation_id, deadline: meta.deadline };
+        let cx = RequestContext { envelope: meta };
+        let work = async move {
+            let outcome = panic::catch_async(in_context(causation, state.call(req, cx))).await;
+            (state, outcome)
+        };
         // A span costs to build even with no subscriber (the `log` bridge
-        // checks its level), and to enter and leave at every poll: only when
-        // someone listens.
-        let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-            tracing::debug_span!("request", service = %self.name, message_id = %meta_id, correlation_id = %correlation_id)
-        });
-        let call = Call { state, req, cx: RequestContext { envelope: meta }, causation, span };
-        self.handled = self.handled.wrapping_add(1);
-        let started = (self.handled % LATENCY_SAMPLE_EVERY == 0).then_some(started);
+        // checks its level), and an enter and exit per poll: attach one only
+        // when someone listens.
+        let mut work: Pin<Box<dyn Future<Output = _>>> = if tracing::enabled!(tracing::Level::DEBUG) {
+            let span = tracing::debug_span!("request", service = %self.name, message_id = %meta_id, correlation_id = %correlation_id);
+            Box::pin(work.instrument(span))
+        } else {
+            Box::pin(work)
+        };
         // Most handlers finish without waiting on anything: answer those at
         // once and keep the actor's wait queue for those that do wait. A
         // handler left pending is polled again by `ctx.wait` with the actor's
         // real waker, which every future must accept.
-        if let Poll::Ready(done) = (self.runner)(Some(call), &mut task::Context::from_waker(Waker::noop())) {
-            self.done(done, started, reply, ctx);
+        self.handled = self.handled.wrapping_add(1);
+        let started = (self.handled % LATENCY_SAMPLE_EVERY == 0).then_some(started);
+        if let Poll::Ready((state, outcome)) = work.as_mut().poll(&mut task::Context::from_waker(Waker::noop())) {
+            self.record_latency(started);
+            self.finish(state, outcome, reply, ctx);
             return;
         }
-        ctx.wait(Resume { started, reply: Some(reply) });
-    }
-}
-
-/// What a handler ends with: the state back and its answer, or a panic
-/// (the state went down with it).
-type Done<S> = Result<(Box<S>, Result<Response<S>, HandlerError>), String>;
-
-type Response<S> = <<S as Service>::Request as Request>::Response;
-
-/// One request for the handler: the state it runs on and what it is given.
-struct Call<S: Service> {
-    state: Box<S>,
-    req: S::Request,
-    cx: RequestContext,
-    causation: Causation,
-    span: Option<tracing::Span>,
-}
-
-/// Starts the handler on a [`Call`] and polls it (`Some`), or polls the one
-/// already started (`None`).
-///
-/// A service handles one request at a time, so one handler future is alive
-/// at a time, and it lives in one allocation made when the actor starts and
-/// reused for every request: an allocation and a free per request were a
-/// visible part of a same-arbiter round trip. It is a closure because the
-/// future is an `async` block, whose type has no name: the slot the closure
-/// captures is where that type can be inferred and kept.
-type Runner<S> = Box<dyn FnMut(Option<Call<S>>, &mut task::Context<'_>) -> Poll<Done<S>>>;
-
-fn runner<S: Service>() -> Runner<S> {
-    let mut slot = Box::pin(None);
-    let mut span = None;
-    Box::new(move |call: Option<Call<S>>, task: &mut task::Context<'_>| {
-        if let Some(Call { mut state, req, cx, causation, span: call_span }) = call {
-            span = call_span;
-            slot.set(Some(async move {
-                let outcome = panic::catch_async(in_context(causation, state.call(req, cx))).await;
-                outcome.map(|answer| (state, answer))
-            }));
-        }
-        let entered = span.as_ref().map(tracing::Span::enter);
-        let Some(work) = slot.as_mut().as_pin_mut() else {
-            // Not expected (a handler is resumed only while it runs), but
-            // the state is gone with the future: handled as a crash.
-            return Poll::Ready(Err("the handler future was lost".to_owned()));
-        };
-        let done = std::task::ready!(work.poll(task));
-        slot.set(None);
-        drop(entered);
-        span = None;
-        Poll::Ready(done)
-    })
-}
-
-/// Polls a handler that did not finish at once, as the actor's wait future.
-struct Resume<S: Service> {
-    started: Option<Instant>,
-    reply: Option<oneshot::Sender<Result<Response<S>, RequestError>>>,
-}
-
-impl<S: Service> ActorFuture<ServiceActor<S>> for Resume<S> {
-    type Output = ();
-
-    fn poll(
-        mut self: Pin<&mut Self>,
-        act: &mut ServiceActor<S>,
-        ctx: &mut Context<ServiceActor<S>>,
-        task: &mut task::Context<'_>,
-    ) -> Poll<()> {
-        let done = std::task::ready!((act.runner)(None, task));
-        if let Some(reply) = self.reply.take() {
-            act.done(done, self.started, reply, ctx);
-        }
-        Poll::Ready(())
+        ctx.wait(work.into_actor(self).map(move |(state, outcome), act, ctx| {
+            act.record_latency(started);
+            act.finish(state, outcome, reply, ctx);
+        }));
     }
 }
 
