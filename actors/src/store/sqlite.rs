@@ -611,16 +611,18 @@ impl SqliteWriter {
         position: u64,
         timestamp: Timestamp,
     ) -> Result<bool, AppendError> {
+        let mut bytes = Vec::new();
         for (i, e) in req.events.iter().enumerate() {
-            let row = Row::encode(e)?;
+            bytes.clear();
+            let row = Row::encode(&mut bytes, e)?;
             let inserted = insert.execute(params![
                 to_i64(position + i as u64, "position")?,
                 e.id.unwrap_or_default().0.as_bytes().as_slice(), // set by `append_one`
                 stream_id,
                 to_i64(first_version + i as u64, "version")?,
                 e.event_type,
-                row.data,
-                row.metadata(),
+                &bytes[row.data],
+                row.metadata.map(|m| &bytes[m]), // NULL: `{}`
                 to_i64(timestamp.0, "timestamp")?,
             ]);
             match inserted {
@@ -701,7 +703,7 @@ static INSERT_SQL: LazyLock<[String; 4]> = LazyLock::new(|| {
 struct Run {
     planned: Vec<Planned>,
     /// The events of `planned`, in order, encoded into `bytes`.
-    rows: Vec<RunRow>,
+    rows: Vec<Row>,
     /// Every payload and metadata of the run, one after the other: one
     /// buffer for the run instead of one per event.
     bytes: Vec<u8>,
@@ -718,33 +720,31 @@ struct Planned {
     slot: usize,
 }
 
-/// An event's payload and metadata as stored.
+/// Where an event's payload and metadata are in the buffer they were
+/// encoded into ([`Row::encode`]).
 struct Row {
-    data: Vec<u8>,
-    /// `None`: empty metadata, stored as `{}`.
-    metadata: Option<Vec<u8>>,
-}
-
-impl Row {
-    fn encode(e: &NewEvent) -> Result<Self, StoreError> {
-        // Most events carry no metadata: its JSON is `{}`, without a
-        // serializer and a buffer per event.
-        let metadata =
-            if e.metadata == EventMetadata::default() { None } else { Some(serde_json::to_vec(&e.metadata)?) };
-        Ok(Row { data: serde_json::to_vec(&e.data)?, metadata })
-    }
-
-    fn metadata(&self) -> &[u8] {
-        self.metadata.as_deref().unwrap_or(b"{}")
-    }
-}
-
-/// Where an event's payload and metadata are in [`Run::bytes`].
-struct RunRow {
     data: Range<usize>,
     /// `None`: empty metadata, bound as NULL and stored as `{}` (see
     /// [`INSERT_SQL`]), which spares SQLite a copy.
     metadata: Option<Range<usize>>,
+}
+
+impl Row {
+    /// Appends `e`'s payload and metadata to `bytes`. Most events carry no
+    /// metadata: its `{}` takes no serializer and no bytes.
+    fn encode(bytes: &mut Vec<u8>, e: &NewEvent) -> Result<Self, StoreError> {
+        let start = bytes.len();
+        serde_json::to_writer(&mut *bytes, &e.data)?;
+        let data = start..bytes.len();
+        let metadata = if e.metadata == EventMetadata::default() {
+            None
+        } else {
+            let start = bytes.len();
+            serde_json::to_writer(&mut *bytes, &e.metadata)?;
+            Some(start..bytes.len())
+        };
+        Ok(Row { data, metadata })
+    }
 }
 
 impl Run {
@@ -757,17 +757,7 @@ impl Run {
         slot: usize,
     ) -> Result<(), StoreError> {
         for e in &req.events {
-            let start = self.bytes.len();
-            serde_json::to_writer(&mut self.bytes, &e.data)?;
-            let data = start..self.bytes.len();
-            let metadata = if e.metadata == EventMetadata::default() {
-                None
-            } else {
-                let start = self.bytes.len();
-                serde_json::to_writer(&mut self.bytes, &e.metadata)?;
-                Some(start..self.bytes.len())
-            };
-            self.rows.push(RunRow { data, metadata });
+            self.rows.push(Row::encode(&mut self.bytes, e)?);
         }
         self.planned.push(Planned { req, stream_id, first_version, first_position, slot });
         Ok(())
@@ -1189,6 +1179,26 @@ mod tests {
         // The writer goes on with what it learned.
         let next = AppendRequest::new("d", ExpectedVersion::NoStream, vec![ev(5)]);
         assert_eq!(only(w.append_batch(vec![next]).unwrap()).unwrap().positions, Some(5..=5));
+    }
+
+    #[test]
+    fn events_redone_one_by_one_keep_their_payload_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
+        let mut w = log.writer().unwrap();
+        let first = AppendRequest::new("a", ExpectedVersion::Any, vec![ev(0)]);
+        only(w.append_batch(vec![first.clone()]).unwrap()).unwrap();
+        // The retry's stored id sends the run back through the one-by-one
+        // path, with an event that has metadata and one that has none.
+        let batch =
+            vec![AppendRequest::new("b", ExpectedVersion::Any, vec![ev(1).with_header("k", "v"), ev(2)]), first];
+        let results = w.append_batch(batch).unwrap();
+        assert_eq!(results[0].as_ref().unwrap().result.positions, Some(1..=2));
+        assert!(!results[1].as_ref().unwrap().result.written);
+        let all = log.reader().unwrap().read_all(1, Direction::Forward, 10).unwrap();
+        let got: Vec<_> = all.iter().map(|e| (e.data.clone(), e.metadata.headers.get("k").cloned())).collect();
+        assert_eq!(got, [(serde_json::json!(1), Some("v".to_owned())), (serde_json::json!(2), None)]);
+        assert_eq!(all[1].metadata, EventMetadata::default());
     }
 
     #[test]
