@@ -1,18 +1,21 @@
 //! The sending side of a queue, its consumers and their deliveries.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt as _;
 use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
-use super::inbox;
+use super::core::Inner;
 use super::ready::Entry;
 use super::store::StoredBody;
-use super::QueueError;
+use super::{QueueError, QueueMessage};
 use crate::backpressure::OverflowPolicy;
 use crate::claim_check::{ClaimCheck, Ticket, TICKET_FIELD};
 use crate::envelope::{Envelope, MessageId};
@@ -134,29 +137,14 @@ impl<T> Codec<T> {
 /// What a durable send waits for: the commit of its message.
 pub(crate) type Committed = oneshot::Sender<Result<(), QueueError>>;
 
-/// A message for the actor; `stored` is set for durable queues.
+/// A message on its way into the queue; `stored` is set for durable queues.
 pub(crate) struct Incoming<T> {
-    /// Not boxed: a box per message, thousands allocated before the queue
-    /// frees the first, costs more in the allocator than copying the entry
-    /// through the channel and the burst.
     pub(crate) entry: Entry<Body<T>>,
-    /// Boxed: only durable sends have it, and every command would
-    /// otherwise carry its size (through the channel and the burst).
+    /// Boxed: only durable sends have it.
     pub(crate) stored: Option<Box<(StoredBody, Committed)>>,
 }
 
-/// What a handle sends to the queue actor.
-pub(crate) enum Cmd<T> {
-    /// A message that holds a capacity permit.
-    Enqueue(Incoming<T>),
-    /// A message that found the queue full (policy `drop_oldest` or
-    /// `dead_letter`): the actor applies the policy.
-    Overflow(Incoming<T>),
-    /// A new consumer.
-    Subscribe { tx: mpsc::UnboundedSender<Batch<T>>, prefetch: usize, link: Arc<Link> },
-}
-
-/// How a delivery (or a consumer) ends, sent to the queue actor.
+/// How a delivery (or a consumer) ends.
 #[derive(Debug)]
 pub(crate) enum Settle {
     Ack(u64),
@@ -185,9 +173,18 @@ pub(crate) enum Settle {
         receipt: u64,
         reason: FailureReason,
     },
-    /// Answer once everything done so far is written (durable queues). On
-    /// this channel so that it comes after the settles sent before it.
-    Flush(oneshot::Sender<()>),
+}
+
+/// Where a queue's settles go: its core, behind the type of its messages
+/// (a [`Settler`] does not know it).
+pub(crate) trait Settles: Send + Sync {
+    fn settle(&self, settle: Settle);
+}
+
+/// Where a consumer takes its deliveries from: its queue's core, behind a
+/// trait so that a `Consumer<T>` needs no bound on `T`.
+pub(crate) trait Source<T>: Send + Sync {
+    fn pull(&self, link: &Link, out: &mut VecDeque<Handed<T>>, waker: Option<&std::task::Waker>) -> bool;
 }
 
 /// Counters and sizes of one queue, readable without asking the actor.
@@ -291,7 +288,6 @@ pub(crate) struct Shared {
     /// One permit per free place: taken by a send, given back when the
     /// message is acked, dropped or stored in the DLQ.
     pub(crate) permits: Semaphore,
-    pub(crate) settle: mpsc::UnboundedSender<Settle>,
     pub(crate) next_consumer: AtomicU64,
     pub(crate) visibility_timeout: Duration,
     pub(crate) stats: Stats,
@@ -301,14 +297,14 @@ pub(crate) struct Shared {
 
 /// The sending side of a queue: cheap to clone, usable from any arbiter.
 pub struct QueueHandle<T> {
-    pub(crate) tx: inbox::Sender<Cmd<T>>,
+    pub(crate) inner: Arc<Inner<T>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) typed: Arc<Typed<T>>,
 }
 
 impl<T> Clone for QueueHandle<T> {
     fn clone(&self) -> Self {
-        QueueHandle { tx: self.tx.clone(), shared: Arc::clone(&self.shared), typed: Arc::clone(&self.typed) }
+        QueueHandle { inner: Arc::clone(&self.inner), shared: Arc::clone(&self.shared), typed: Arc::clone(&self.typed) }
     }
 }
 
@@ -318,7 +314,7 @@ impl<T> std::fmt::Debug for QueueHandle<T> {
     }
 }
 
-impl<T: Send + 'static> QueueHandle<T> {
+impl<T: QueueMessage> QueueHandle<T> {
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.shared.name
@@ -406,14 +402,19 @@ impl<T: Send + 'static> QueueHandle<T> {
             None => (None, None),
         };
         let incoming = Incoming { entry: Entry { env, enqueued_us: 0, seq: 0 }, stored };
-        let cmd = if overflow { Cmd::Overflow(incoming) } else { Cmd::Enqueue(incoming) };
-        // As above: the awaiting send only when the channel is full.
-        let sent = match self.tx.try_send(cmd) {
-            Ok(()) => Ok(()),
-            Err(inbox::SendError::Full(cmd)) => self.tx.send(cmd).await.map_err(drop),
-            Err(inbox::SendError::Closed(_)) => Err(()),
-        };
-        if sent.is_err() {
+        let sent = self.inner.with(|core| {
+            if core.is_closed() {
+                return false;
+            }
+            core.stamp();
+            if overflow {
+                core.overflow(incoming);
+            } else {
+                core.accept(incoming);
+            }
+            true
+        });
+        if !sent {
             self.release_ticket(ticket);
             return Err(self.closed());
         }
@@ -421,7 +422,7 @@ impl<T: Send + 'static> QueueHandle<T> {
             permit.forget();
         }
         match committed {
-            // The actor gives back the permit and the ticket when the
+            // The queue gives back the permit and the ticket when the
             // commit fails; a queue that stopped before answering may have
             // committed or not: the caller must treat it as unknown.
             Some(rx) => rx.await.unwrap_or_else(|_| Err(self.closed())).map(|()| id),
@@ -472,7 +473,7 @@ impl<T: Send + 'static> QueueHandle<T> {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        self.shared.settle.send(Settle::Flush(tx)).map_err(|_| self.closed())?;
+        self.inner.with(|core| core.flush(tx));
         rx.await.map_err(|_| self.closed())
     }
 
@@ -491,26 +492,29 @@ impl<T: Send + 'static> QueueHandle<T> {
     pub async fn consumer(&self, prefetch: usize) -> Result<Consumer<T>, QueueError> {
         let prefetch = prefetch.max(1);
         let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
-        // Unbounded, yet bounded by the credit: the queue hands a consumer
-        // at most `prefetch` unsettled deliveries, so at most that many
-        // batches.
-        let (tx, rx) = mpsc::unbounded_channel();
+        let sink: Weak<dyn Settles> = Arc::downgrade(&self.inner) as Weak<dyn Settles>;
         let link = Arc::new(Link {
             consumer: id,
-            tx: self.shared.settle.clone(),
+            sink,
             acks: Mutex::default(),
             more: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            // Half the prefetch: the queue refills the consumer's buffer
-            // before it runs dry.
+            // Half the prefetch: the consumer takes more before it runs dry.
             batch: (prefetch / 2).clamp(1, MAX_HELD_ACKS),
         });
-        let subscribe = Cmd::Subscribe { tx, prefetch, link: Arc::clone(&link) };
-        self.tx.send(subscribe).await.map_err(|_| self.closed())?;
+        let subscribed = self.inner.with(|core| {
+            if core.is_closed() {
+                return false;
+            }
+            core.subscribe(Arc::clone(&link), prefetch);
+            true
+        });
+        if !subscribed {
+            return Err(self.closed());
+        }
         Ok(Consumer {
             id,
-            rx,
-            buf: Vec::new().into_iter(),
+            inner: Arc::clone(&self.inner) as Arc<dyn Source<T>>,
+            buf: VecDeque::with_capacity(prefetch.min(1024)),
             link,
             closed: false,
             typed: Arc::clone(&self.typed),
@@ -557,11 +561,11 @@ impl<T: Send + 'static> QueueHandle<T> {
 /// reason `claim_check` and skipped.
 pub struct Consumer<T> {
     id: u64,
-    rx: mpsc::UnboundedReceiver<Batch<T>>,
-    /// The rest of the batch last taken from `rx`: the queue hands over
-    /// what one dispatch made for this consumer as one channel item, and
-    /// `recv` takes them from here one by one.
-    buf: std::vec::IntoIter<Handed<T>>,
+    inner: Arc<dyn Source<T>>,
+    /// Deliveries taken from the queue, not returned yet: `recv` takes
+    /// what the consumer's credit allows in one go and returns them one by
+    /// one.
+    buf: VecDeque<Handed<T>>,
     link: Arc<Link>,
     closed: bool,
     typed: Arc<Typed<T>>,
@@ -585,7 +589,16 @@ impl<T> Consumer<T> {
             let handed = match self.fresh() {
                 Some(h) => h,
                 None => {
-                    self.buf = self.rx.recv().await?.into_iter();
+                    if self.closed {
+                        return None;
+                    }
+                    let (inner, link, buf) = (&self.inner, &self.link, &mut self.buf);
+                    poll_fn(|cx| if inner.pull(link, buf, Some(cx.waker())) { Poll::Ready(()) } else { Poll::Pending })
+                        .await;
+                    if self.buf.is_empty() {
+                        // The queue is gone.
+                        return None;
+                    }
                     continue;
                 }
             };
@@ -629,33 +642,27 @@ impl<T> Consumer<T> {
     fn fresh(&mut self) -> Option<Handed<T>> {
         loop {
             let mut handed = self.waiting()?;
-            self.link.more.store(self.buf.len() > 0 || !self.rx.is_empty(), Ordering::Relaxed);
+            self.link.more.store(!self.buf.is_empty(), Ordering::Relaxed);
             if !Self::expired(&mut handed) {
                 return Some(handed);
             }
         }
     }
 
-    /// The stashed delivery, or the next one buffered or in the channel.
-    /// When there is none the consumer is about to wait, so what acks it
-    /// held back go now.
+    /// The stashed delivery, or the next one buffered or in the queue
+    /// (taken without waiting; the acks held back go with the take).
     fn waiting(&mut self) -> Option<Handed<T>> {
         // Tested first: `take` would copy the whole (empty) stash.
         if self.stash.is_some() {
             return self.stash.take();
         }
-        loop {
-            if let Some(h) = self.buf.next() {
-                return Some(h);
-            }
-            match self.rx.try_recv() {
-                Ok(batch) => self.buf = batch.into_iter(),
-                Err(_) => {
-                    self.link.flush();
-                    return None;
-                }
-            }
+        if let Some(h) = self.buf.pop_front() {
+            return Some(h);
         }
+        if !self.closed {
+            self.inner.pull(&self.link, &mut self.buf, None);
+        }
+        self.buf.pop_front()
     }
 
     /// True when `h` expired: it is then settled as such (dead-lettered).
@@ -683,17 +690,12 @@ impl<T> Consumer<T> {
         }
     }
 
-    /// Stops taking new deliveries; those already sent to this consumer are
-    /// still returned by [`recv`](Self::recv), which then answers `None`.
+    /// Stops taking new deliveries; those already taken by this consumer
+    /// are still returned by [`recv`](Self::recv), which then answers `None`.
     pub fn close(&mut self) {
         if !self.closed {
             self.closed = true;
-            // Before the close is sent: a queue that takes the close
-            // before the subscription must see it when the subscription
-            // comes.
-            self.link.closed.store(true, Ordering::Release);
-            self.link.flush();
-            let _ = self.link.tx.send(Settle::Close(self.id));
+            self.link.send(Settle::Close(self.id));
         }
     }
 }
@@ -713,7 +715,7 @@ async fn claim<T>(typed: &Typed<T>, ticket: &Ticket) -> Result<T, FailureReason>
 
 impl<T> Drop for Consumer<T> {
     fn drop(&mut self) {
-        // The queue stops sending to this consumer; deliveries still
+        // The queue hands this consumer nothing more; deliveries still
         // buffered were never seen by a handler and go back as they were.
         self.close();
         // In the order they were delivered (the stash came first), as one
@@ -721,13 +723,9 @@ impl<T> Drop for Consumer<T> {
         let mut receipts = Vec::new();
         let mut give_back = |mut h: Handed<T>| receipts.extend(h.settler().take_receipt());
         self.stash.take().into_iter().for_each(&mut give_back);
-        std::mem::take(&mut self.buf).for_each(&mut give_back);
-        while let Ok(batch) = self.rx.try_recv() {
-            batch.into_iter().for_each(&mut give_back);
-        }
+        std::mem::take(&mut self.buf).into_iter().for_each(&mut give_back);
         if !receipts.is_empty() {
-            // A queue that is gone needs no answer.
-            let _ = self.link.tx.send(Settle::Releases(receipts));
+            self.link.send(Settle::Releases(receipts));
         }
     }
 }
@@ -749,29 +747,30 @@ pub struct Settler {
 const MAX_HELD_ACKS: usize = 64;
 
 /// How the deliveries of one consumer settle: shared by their settlers,
-/// the consumer and the queue actor.
+/// the consumer and the queue's core.
 ///
-/// Acks are held back while the consumer has more deliveries waiting, and
-/// go to the queue together (one message, one wake-up of the queue's
-/// thread) when `batch` of them piled up, when the consumer is about to
-/// wait or is closed, or at the queue's next tick, whichever comes first.
-/// So an ack is never lost and reaches the queue within a tick (before
-/// that tick looks at visibility timeouts). Once the queue closed the link
-/// (the consumer went away), acks go straight to it. Other settles always
-/// go at once.
-#[derive(Debug)]
+/// Acks are held back while the consumer has more deliveries buffered, and
+/// go to the queue together (one lock of its core) when `batch` of them
+/// piled up, when the consumer takes more from the queue (about to wait),
+/// is closed, or at the queue's next tick, whichever comes first. So an
+/// ack is never lost and reaches the queue within a tick (before that tick
+/// looks at visibility timeouts). Once the consumer is gone, acks go
+/// straight to the queue. Other settles always go at once.
 pub(crate) struct Link {
     pub(crate) consumer: u64,
-    tx: mpsc::UnboundedSender<Settle>,
+    /// Weak: the queue's core holds the link; a settle after the queue is
+    /// gone needs no answer.
+    sink: Weak<dyn Settles>,
     acks: Mutex<HeldAcks>,
-    /// The consumer had more deliveries waiting when it last took one.
+    /// The consumer had more deliveries buffered when it last took one.
     more: AtomicBool,
-    /// The consumer was closed (or dropped). Its close travels on the
-    /// settle channel and its subscription on the command channel, so the
-    /// queue may see the close first: it then reads this when the
-    /// subscription comes, and never adds the consumer.
-    closed: AtomicBool,
     batch: usize,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").field("consumer", &self.consumer).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -786,8 +785,16 @@ impl Link {
         self.acks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Applies `settle` in the queue's core. Never called with `acks` held:
+    /// the core takes `acks` under its own lock (see `take`).
+    fn send(&self, settle: Settle) {
+        if let Some(sink) = self.sink.upgrade() {
+            sink.settle(settle);
+        }
+    }
+
     fn ack(&self, receipt: u64) {
-        let send = {
+        let settle = {
             let mut held = self.held();
             if held.closed {
                 Settle::Ack(receipt)
@@ -800,29 +807,18 @@ impl Link {
                 Settle::Acks(std::mem::replace(&mut held.receipts, Vec::with_capacity(self.batch)))
             }
         };
-        // A queue that is gone needs no answer.
-        let _ = self.tx.send(send);
+        self.send(settle);
     }
 
-    /// Sends the acks held back.
-    fn flush(&self) {
-        let receipts = std::mem::take(&mut self.held().receipts);
-        if !receipts.is_empty() {
-            let _ = self.tx.send(Settle::Acks(receipts));
-        }
-    }
-
-    /// True once the consumer was closed or dropped.
-    pub(crate) fn consumer_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// The queue actor takes the acks held back; with `close`, later acks
+    /// The queue's core takes the acks held back; with `close`, later acks
     /// come to it one by one.
     pub(crate) fn take(&self, close: bool) -> Vec<u64> {
         let mut held = self.held();
         held.closed |= close;
-        std::mem::take(&mut held.receipts)
+        if held.receipts.is_empty() {
+            return Vec::new();
+        }
+        std::mem::replace(&mut held.receipts, Vec::with_capacity(self.batch))
     }
 }
 
@@ -830,8 +826,7 @@ impl Settler {
     fn send(&mut self, f: impl FnOnce(u64) -> Settle) {
         if !self.done {
             self.done = true;
-            // A queue that is gone needs no answer.
-            let _ = self.link.tx.send(f(self.receipt));
+            self.link.send(f(self.receipt));
         }
     }
 
@@ -904,10 +899,6 @@ pub struct Delivery<T> {
     envelope: Envelope<T>,
     settler: Settler,
 }
-
-/// What one dispatch hands one consumer, in delivery order: one channel
-/// item (one send, one wake-up) for all of them.
-pub(crate) type Batch<T> = Vec<Handed<T>>;
 
 /// What the queue hands a consumer: a delivery as it will be returned, or
 /// the envelope and ticket of one whose payload the consumer claims first.

@@ -173,8 +173,8 @@
 //! ```
 
 mod actor;
+mod core;
 mod handle;
-mod inbox;
 mod ready;
 mod store;
 

@@ -1,0 +1,1123 @@
+//! The state of one queue and every rule applied to it.
+//!
+//! A queue's state lives in a [`Core`] behind one mutex that its handles,
+//! its consumers, their settlers and its actor share. The hot path takes
+//! the lock and does its work there, without a hop through the actor:
+//!
+//! - a send pushes its message into the ready set and wakes a consumer that
+//!   waits with credit;
+//! - a consumer pulls what its credit allows in one go (hands over the acks
+//!   it held back, takes messages, records them in flight);
+//! - a settle (a batch of acks, a nack, a reject) applies at once.
+//!
+//! What needs time or I/O is left to the [`Queue`](super::Queue) actor as
+//! [`Effects`]: dead letters to store, claim-check tickets to release,
+//! durable writes to run. Whoever leaves effects behind pokes the actor;
+//! its tick applies visibility timeouts, due retries and expiry.
+//!
+//! Nothing here blocks or awaits, so the lock is held for a few hundred
+//! nanoseconds at most, and a waker is woken only after it is released.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::handle::{Body, Committed, Handed, Incoming, Link, Settle, Settles, Shared, Source};
+use super::ready::{Entry, Key, Ready};
+use super::store::{QueueBatch, StoredBody, StoredMessage};
+use super::{QueueConfig, QueueError, QueueMessage};
+use crate::backpressure::OverflowPolicy;
+use crate::claim_check::Ticket;
+use crate::clock;
+use crate::dlq::{DeadLetter, DlqSource, FailureRecord};
+use crate::envelope::{MessageId, Timestamp};
+use crate::error::FailureReason;
+use crate::metrics as m;
+use crate::store::StoreError;
+
+/// Histogram samples a queue records per tick, at most (counters are exact).
+const SAMPLES_PER_TICK: u32 = 256;
+
+/// Most new messages a durable queue writes in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// A durable queue's change to a stored row, not written yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowOp {
+    /// Deliveries handed out (the attempt of the latest).
+    Delivered(u32),
+    Delete,
+}
+
+/// A durable send waiting for its commit.
+pub(crate) struct Pending<T> {
+    entry: Box<Entry<Body<T>>>,
+    body: StoredBody,
+    reply: Committed,
+}
+
+/// A message read back from the store at start.
+pub(crate) enum Loaded<T> {
+    Ok(Box<Entry<Body<T>>>),
+    /// Delivered `max_deliveries` times already (the last in flight at the
+    /// stop or crash).
+    Exhausted(Box<Entry<Body<T>>>),
+    /// The payload does not decode as `T` any more.
+    Undecodable(u64, DeadLetter),
+}
+
+/// Not boxed: an entry is copied into the table once, which costs less
+/// than a box per delivery.
+struct InFlight<T> {
+    entry: Entry<T>,
+    consumer: u64,
+    due_us: u64,
+    delivered_us: u64,
+    key: Option<Key>,
+}
+
+struct Delayed<T> {
+    entry: Box<Entry<T>>,
+    key: Option<Key>,
+}
+
+/// A consumer as the queue sees it.
+struct Slot {
+    id: u64,
+    prefetch: usize,
+    outstanding: usize,
+    /// Set while the consumer waits for a delivery.
+    waker: Option<Waker>,
+    link: Arc<Link>,
+}
+
+impl Slot {
+    fn credit(&self) -> usize {
+        self.prefetch.saturating_sub(self.outstanding)
+    }
+}
+
+struct Metrics {
+    enqueued: metrics::Counter,
+    delivered: metrics::Counter,
+    acked: metrics::Counter,
+    nacked: metrics::Counter,
+    redelivered: metrics::Counter,
+    timeouts: metrics::Counter,
+    expired: metrics::Counter,
+    dropped_oldest: metrics::Counter,
+    stale: metrics::Counter,
+    dlq_failures: metrics::Counter,
+    claim_failures: metrics::Counter,
+    store_errors: metrics::Counter,
+    depth: metrics::Gauge,
+    in_flight: metrics::Gauge,
+    time_in_queue: metrics::Histogram,
+    latency: metrics::Histogram,
+}
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let labels = [(m::LABEL_NAME, name.to_owned())];
+        Metrics {
+            enqueued: metrics::counter!(m::QUEUE_ENQUEUED, &labels),
+            delivered: metrics::counter!(m::QUEUE_DELIVERED, &labels),
+            acked: metrics::counter!(m::QUEUE_ACKED, &labels),
+            nacked: metrics::counter!(m::QUEUE_NACKED, &labels),
+            redelivered: metrics::counter!(m::QUEUE_REDELIVERED, &labels),
+            timeouts: metrics::counter!(m::QUEUE_VISIBILITY_TIMEOUTS, &labels),
+            expired: metrics::counter!(m::QUEUE_EXPIRED, &labels),
+            dropped_oldest: metrics::counter!(m::QUEUE_DROPPED, m::LABEL_NAME => name.to_owned(), m::LABEL_POLICY => "drop_oldest"),
+            stale: metrics::counter!(m::QUEUE_STALE_SETTLES, &labels),
+            dlq_failures: metrics::counter!(m::QUEUE_DLQ_FAILURES, &labels),
+            claim_failures: metrics::counter!(m::QUEUE_CLAIM_FAILURES, &labels),
+            store_errors: metrics::counter!(m::QUEUE_STORE_ERRORS, &labels),
+            depth: metrics::gauge!(m::QUEUE_DEPTH, &labels),
+            in_flight: metrics::gauge!(m::QUEUE_IN_FLIGHT, &labels),
+            time_in_queue: metrics::histogram!(m::QUEUE_TIME_IN_QUEUE, &labels),
+            latency: metrics::histogram!(m::QUEUE_HANDLER_LATENCY, &labels),
+        }
+    }
+}
+
+fn bump(counter: &metrics::Counter, stat: &AtomicU64) {
+    counter.increment(1);
+    stat.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The counters of the messages one lock section handled, added to the
+/// metrics and stats when it ends (see `Core::publish`): a pull of 256
+/// deliveries costs two atomic adds, not 512.
+#[derive(Default)]
+struct Counts {
+    enqueued: u64,
+    delivered: u64,
+    acked: u64,
+    /// Capacity permits to give back.
+    permits: usize,
+}
+
+/// A dead letter on its way to the DLQ; its stored row (`seq`) is deleted
+/// and its place given back once the DLQ has it.
+pub(crate) struct Letter {
+    pub(crate) letter: DeadLetter,
+    pub(crate) seq: u64,
+    pub(crate) holds_permit: bool,
+    /// A durable send dead-lettered at once, answered when it is stored.
+    pub(crate) reply: Option<Committed>,
+}
+
+/// What the actor does for the core: everything that awaits.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub(crate) letters: Vec<Letter>,
+    /// Tickets of messages gone for good: their payloads are freed.
+    pub(crate) releases: Vec<Ticket>,
+    /// A durable write is wanted (sends waiting, delivery counts).
+    pub(crate) write: bool,
+}
+
+impl Effects {
+    fn is_empty(&self) -> bool {
+        self.letters.is_empty() && self.releases.is_empty() && !self.write
+    }
+}
+
+/// One durable transaction: what it writes and who waits for it.
+pub(crate) struct Write<T> {
+    pub(crate) batch: QueueBatch,
+    pending: Vec<Pending<T>>,
+    waiters: Vec<oneshot::Sender<()>>,
+    releases: Vec<Ticket>,
+}
+
+/// The deliveries in flight, by receipt: a slab (slots and a list of free
+/// ones) instead of a hash map, so a delivery and its settle each cost an
+/// index, not a hash and a probe. A receipt is the slot's index in its low 32
+/// bits and the queue's delivery number (its low 32 bits) in the high ones:
+/// a slot keeps the receipt of the delivery it holds, so a settle that
+/// comes after its slot was reused (a stale one) finds another receipt there
+/// and touches nothing.
+struct InFlightTable<T> {
+    slots: Vec<Option<(u64, InFlight<T>)>>,
+    free: Vec<u32>,
+    len: usize,
+    delivered: u64,
+}
+
+impl<T> InFlightTable<T> {
+    fn new() -> Self {
+        InFlightTable { slots: Vec::new(), free: Vec::new(), len: 0, delivered: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds a delivery; gives its receipt and where it now lies.
+    #[inline(always)]
+    fn insert(&mut self, delivery: InFlight<T>) -> (u64, &InFlight<T>) {
+        self.delivered += 1;
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                // Past 2^32 deliveries in flight at once (a credit no queue
+                // gives) the index would not fit the receipt.
+                let i = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+                self.slots.push(None);
+                i
+            }
+        };
+        let receipt = (self.delivered << 32) | u64::from(index);
+        self.len += 1;
+        let (_, delivery) = self.slots[index as usize].insert((receipt, delivery));
+        (receipt, delivery)
+    }
+
+    pub(crate) fn slot(receipt: u64) -> usize {
+        (receipt & u64::from(u32::MAX)) as usize
+    }
+
+    fn get(&self, receipt: u64) -> Option<&InFlight<T>> {
+        match self.slots.get(Self::slot(receipt))? {
+            Some((r, f)) if *r == receipt => Some(f),
+            _ => None,
+        }
+    }
+
+    fn contains(&self, receipt: u64) -> bool {
+        self.get(receipt).is_some()
+    }
+
+    /// Takes the delivery of `receipt` out; `None` when it is not in flight
+    /// any more (settled, timed out: its slot may hold a newer one).
+    #[inline(always)]
+    fn remove(&mut self, receipt: u64) -> Option<InFlight<T>> {
+        let index = Self::slot(receipt);
+        let slot = self.slots.get_mut(index)?;
+        if !matches!(slot, Some((r, _)) if *r == receipt) {
+            return None;
+        }
+        let (_, delivery) = slot.take()?;
+        self.free.push(index as u32);
+        self.len -= 1;
+        Some(delivery)
+    }
+}
+
+/// What every handle, consumer and settler of one queue shares with its
+/// actor: the counters, and the core behind its lock.
+pub(crate) struct Inner<T> {
+    pub(crate) shared: Arc<Shared>,
+    core: Mutex<Core<T>>,
+    /// Wakes the actor to run the core's effects.
+    poke: mpsc::UnboundedSender<()>,
+}
+
+/// What to do once the lock is released.
+pub(crate) struct After {
+    wake: Vec<Waker>,
+    poke: bool,
+}
+
+impl<T: QueueMessage> Inner<T> {
+    pub(crate) fn new(shared: Arc<Shared>, core: Core<T>, poke: mpsc::UnboundedSender<()>) -> Self {
+        Inner { shared, core: Mutex::new(core), poke }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core<T>> {
+        // Nothing in the core panics on input; a poisoned lock (a bug) still
+        // holds a consistent enough state to keep every message counted.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the core, then publishes its counters, wakes the
+    /// consumers it made work for and pokes the actor for its effects.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Core<T>) -> R) -> R {
+        let (r, after) = {
+            let mut core = self.lock();
+            let r = f(&mut core);
+            (r, core.finish())
+        };
+        self.after(after);
+        r
+    }
+
+    fn after(&self, after: After) {
+        for w in after.wake {
+            w.wake();
+        }
+        if after.poke {
+            // An actor that is gone has no effects to run.
+            let _ = self.poke.send(());
+        }
+    }
+}
+
+impl<T: QueueMessage> Source<T> for Inner<T> {
+    /// Takes deliveries for the consumer of `link` into `out`, as many as
+    /// its credit allows (handing over the acks it held back first). With
+    /// `waker` and nothing to take, the consumer waits: `false` then; `true`
+    /// once something was taken or the consumer or queue is closed.
+    fn pull(&self, link: &Link, out: &mut VecDeque<Handed<T>>, waker: Option<&Waker>) -> bool {
+        self.with(|core| {
+            core.stamp();
+            for receipt in link.take(false) {
+                core.ack(receipt);
+            }
+            core.pull(link.consumer, out, waker)
+        })
+    }
+}
+
+impl<T: QueueMessage> Settles for Inner<T> {
+    fn settle(&self, settle: Settle) {
+        self.with(|core| {
+            core.stamp();
+            core.settle(settle);
+        });
+    }
+}
+
+/// A queue's state (see the [module docs](self)).
+pub(crate) struct Core<T> {
+    config: QueueConfig,
+    shared: Arc<Shared>,
+    source: DlqSource,
+    ready: Ready<Body<T>>,
+    in_flight: InFlightTable<Body<T>>,
+    /// Receipts in delivery order, which is visibility-timeout order (the
+    /// timeout is the same for every delivery). Settled receipts are
+    /// skipped when they reach the front, and swept out when they pile up
+    /// behind one that is slow to settle.
+    deadlines: VecDeque<u64>,
+    /// Deliveries that timed out, by receipt, with their consumer: it keeps
+    /// the credit until it settles (late), so a stuck consumer is not handed
+    /// more work that would only time out in its buffer.
+    timed_out: HashMap<u64, u64>,
+    delayed: BTreeMap<(u64, u64), Delayed<Body<T>>>,
+    histories: HashMap<MessageId, Vec<FailureRecord>>,
+    expiry: BinaryHeap<Reverse<(Timestamp, MessageId)>>,
+    consumers: Vec<Slot>,
+    /// Consumers with a waker set.
+    waiting: usize,
+    next_seq: u64,
+    epoch: clock::Instant,
+    /// The queue's clock (µs since `epoch`), read once per lock section.
+    now: u64,
+    counts: Counts,
+    visibility_us: u64,
+    samples_left: u32,
+    metrics: Metrics,
+    durable: bool,
+    /// Durable queues: sends waiting for their commit, changes to stored
+    /// rows not written yet, callers of `flush`.
+    pending: Vec<Pending<T>>,
+    ops: BTreeMap<u64, RowOp>,
+    writing: bool,
+    flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Tickets of messages whose delete is among `ops`.
+    release_after_commit: Vec<Ticket>,
+    /// The next stored row's sequence (enqueue order).
+    next_row: u64,
+    /// Messages loaded at start beyond the capacity: permits given back
+    /// pay this off first, so the queue never holds more than `capacity`
+    /// plus what it found at start.
+    permit_debt: u64,
+    effects: Effects,
+    /// The actor was poked and has not taken the effects yet.
+    poked: bool,
+    /// The actor stopped: no more sends or deliveries.
+    closed: bool,
+}
+
+impl<T: QueueMessage> Core<T> {
+    pub(crate) fn new(
+        config: QueueConfig,
+        shared: Arc<Shared>,
+        durable: bool,
+        next_row: u64,
+        permit_debt: u64,
+    ) -> Self {
+        let aging_us = config.aging.map(|a| u64::try_from(a.as_micros()).unwrap_or(u64::MAX));
+        Core {
+            ready: Ready::new(config.priority, aging_us, config.partition_header.clone()),
+            visibility_us: u64::try_from(config.visibility_timeout.as_micros()).unwrap_or(u64::MAX),
+            metrics: Metrics::new(&config.name),
+            source: DlqSource::queue(config.name.clone()),
+            config,
+            shared,
+            in_flight: InFlightTable::new(),
+            deadlines: VecDeque::new(),
+            timed_out: HashMap::new(),
+            delayed: BTreeMap::new(),
+            histories: HashMap::new(),
+            expiry: BinaryHeap::new(),
+            consumers: Vec::new(),
+            waiting: 0,
+            next_seq: 0,
+            epoch: clock::now(),
+            now: 0,
+            counts: Counts::default(),
+            samples_left: SAMPLES_PER_TICK,
+            durable,
+            pending: Vec::new(),
+            ops: BTreeMap::new(),
+            writing: false,
+            flush_waiters: Vec::new(),
+            release_after_commit: Vec::new(),
+            next_row,
+            permit_debt,
+            effects: Effects::default(),
+            poked: false,
+            closed: false,
+        }
+    }
+
+    /// Reads the clock for what this lock section does.
+    pub(crate) fn stamp(&mut self) {
+        let elapsed = clock::now().saturating_duration_since(self.epoch);
+        self.now = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    }
+
+    fn sample(&mut self) -> bool {
+        if self.samples_left > 0 {
+            self.samples_left -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Ends a lock section: counters, permits given back and sizes made
+    /// visible; the consumers that can now take something and the actor
+    /// (when effects wait) to be woken.
+    fn finish(&mut self) -> After {
+        self.publish();
+        let mut wake = Vec::new();
+        let closed = self.closed;
+        if self.waiting > 0 && (self.ready.len() > 0 || closed) {
+            for slot in &mut self.consumers {
+                if slot.credit() > 0 || closed {
+                    wake.extend(slot.waker.take());
+                }
+            }
+            self.waiting -= wake.len();
+        }
+        let poke = !self.poked && !self.effects.is_empty();
+        self.poked |= poke;
+        After { wake, poke }
+    }
+
+    fn publish(&mut self) {
+        let counts = std::mem::take(&mut self.counts);
+        let stats = &self.shared.stats;
+        for (n, counter, stat) in [
+            (counts.enqueued, &self.metrics.enqueued, &stats.enqueued),
+            (counts.delivered, &self.metrics.delivered, &stats.delivered),
+            (counts.acked, &self.metrics.acked, &stats.acked),
+        ] {
+            if n > 0 {
+                counter.increment(n);
+                stat.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if counts.permits > 0 {
+            self.shared.permits.add_permits(counts.permits);
+        }
+        stats.depth.store((self.ready.len() + self.delayed.len()) as u64, Ordering::Relaxed);
+        stats.in_flight.store(self.in_flight.len() as u64, Ordering::Relaxed);
+    }
+
+    /// The actor takes what it has to do.
+    pub(crate) fn take_effects(&mut self) -> Effects {
+        self.poked = false;
+        std::mem::take(&mut self.effects)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The actor stopped: consumers end once their buffers are drained,
+    /// sends fail.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Counts a ticket coming into (`in_ = true`) or leaving the queue.
+    fn count_ticket(&self, body: &Body<T>, in_: bool) {
+        if let Body::Claimed(t) = body {
+            let stats = &self.shared.stats;
+            if in_ {
+                stats.ticketed.fetch_add(1, Ordering::Relaxed);
+                stats.ticketed_bytes.fetch_add(t.size, Ordering::Relaxed);
+            } else {
+                stats.ticketed.fetch_sub(1, Ordering::Relaxed);
+                stats.ticketed_bytes.fetch_sub(t.size, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A message leaves for good (acked, dropped): its payload goes too.
+    fn release_ticket(&mut self, body: &Body<T>) {
+        self.count_ticket(body, false);
+        if let Body::Claimed(ticket) = body {
+            self.effects.releases.push(**ticket);
+        }
+    }
+
+    /// A message leaves for good (acked, dropped). On a durable queue its
+    /// payload is released only once the row's delete is committed: a crash
+    /// in between brings the message back, and it must still be claimable.
+    fn leave(&mut self, seq: u64, body: &Body<T>) {
+        if !self.durable || seq == 0 {
+            return self.release_ticket(body);
+        }
+        self.count_ticket(body, false);
+        if let Body::Claimed(ticket) = body {
+            self.release_after_commit.push(**ticket);
+        }
+        self.note(seq, RowOp::Delete);
+    }
+
+    /// Gives a place back (to senders when the lock section ends).
+    fn give_permit(&mut self) {
+        if self.permit_debt > 0 {
+            self.permit_debt -= 1;
+        } else {
+            self.counts.permits += 1;
+        }
+    }
+
+    /// A durable queue's change to the row of `seq` (0: not stored).
+    /// Delivery counts are written at once (a handler that crashes the
+    /// process must find its attempt counted); deletes ride along with the
+    /// next commit or go at the next tick (a lost one is one more delivery).
+    fn note(&mut self, seq: u64, op: RowOp) {
+        if self.durable && seq > 0 {
+            self.ops.insert(seq, op);
+            if op != RowOp::Delete {
+                self.effects.write = true;
+            }
+        }
+    }
+
+    /// Takes a message that holds a place: ready at once, or once
+    /// committed on a durable queue. Inlined, like `store` and
+    /// `Ready::push_back`, so that an entry is not copied once per call on
+    /// its way to the ready set.
+    #[inline(always)]
+    pub(crate) fn accept(&mut self, incoming: Incoming<T>) {
+        let Incoming { mut entry, stored } = incoming;
+        self.count_ticket(&entry.env.payload, true);
+        // `store` stamps the time it becomes ready (after the commit, when
+        // durable).
+        match stored.map(|s| *s) {
+            Some((body, reply)) if self.durable => {
+                entry.seq = self.next_row;
+                self.next_row += 1;
+                self.pending.push(Pending { entry: Box::new(entry), body, reply });
+                self.effects.write = true;
+            }
+            _ => self.store(entry),
+        }
+    }
+
+    /// Makes an accepted (and, when durable, committed) message ready.
+    #[inline(always)]
+    fn store(&mut self, mut entry: Entry<Body<T>>) {
+        self.counts.enqueued += 1;
+        entry.enqueued_us = self.now;
+        if let Some(deadline) = entry.env.deadline {
+            if entry.env.is_expired_at(Timestamp::now()) {
+                bump(&self.metrics.expired, &self.shared.stats.expired);
+                self.dead_letter(Box::new(entry), FailureReason::Expired, true);
+                return;
+            }
+            self.expiry.push(Reverse((deadline, entry.env.id)));
+        }
+        self.ready.push_back(entry);
+    }
+
+    /// A message that found the queue full under `drop_oldest` or
+    /// `dead_letter`.
+    pub(crate) fn overflow(&mut self, incoming: Incoming<T>) {
+        // Room may have been made since the sender looked (in this lock
+        // section too).
+        self.publish();
+        if self.shared.permits.try_acquire().map(|p| p.forget()).is_ok() {
+            return self.accept(incoming);
+        }
+        let policy = self.config.overflow;
+        // The victim gives its place (and its permit) to the newcomer.
+        let victim = if policy == OverflowPolicy::DropOldest || self.config.priority {
+            self.ready.evict_for(&incoming.entry.env).map(Box::new)
+        } else {
+            None
+        };
+        let reason = FailureReason::Overflow(policy.as_str().to_owned());
+        let (out, keep, reply) = match victim {
+            Some(old) => (old, Some(incoming), None),
+            None => {
+                let Incoming { mut entry, stored } = incoming;
+                self.count_ticket(&entry.env.payload, true);
+                entry.enqueued_us = self.now;
+                (Box::new(entry), None, stored.map(|s| s.1))
+            }
+        };
+        if policy == OverflowPolicy::DropOldest {
+            self.histories.remove(&out.env.id);
+            bump(&self.metrics.dropped_oldest, &self.shared.stats.dropped);
+            tracing::debug!(queue = %self.config.name, id = %out.env.id, "queue full: message dropped (drop_oldest)");
+            self.leave(out.seq, &out.env.payload);
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
+        } else {
+            self.dead_letter_then(out, reason, false, reply);
+        }
+        if let Some(incoming) = keep {
+            // Counted as enqueued by `store`; its permit is the victim's.
+            self.accept(incoming);
+        }
+    }
+
+    /// What a durable queue writes next, unless a write is in progress (its
+    /// completion asks again) or nothing waits (callers of `flush` are then
+    /// answered).
+    pub(crate) fn take_write(&mut self) -> Option<Write<T>> {
+        if self.writing {
+            return None;
+        }
+        if self.pending.is_empty() && self.ops.is_empty() {
+            for w in self.flush_waiters.drain(..) {
+                let _ = w.send(());
+            }
+            return None;
+        }
+        let n = self.pending.len().min(MAX_BATCH);
+        let mut pending: Vec<Pending<T>> = self.pending.drain(..n).collect();
+        let inserts = pending
+            .iter_mut()
+            .map(|p| StoredMessage {
+                seq: p.entry.seq,
+                delivered: p.entry.env.attempt.saturating_sub(1),
+                envelope: p.entry.env.meta(),
+                // Moved, not copied: the batch is the only one to need it.
+                body: std::mem::replace(&mut p.body, StoredBody::Inline(Vec::new())),
+            })
+            .collect();
+        let mut batch = QueueBatch { inserts, ..QueueBatch::default() };
+        for (seq, op) in std::mem::take(&mut self.ops) {
+            match op {
+                RowOp::Delivered(n) => batch.delivered.push((seq, n)),
+                RowOp::Delete => batch.deletes.push(seq),
+            }
+        }
+        let waiters = if self.pending.is_empty() { std::mem::take(&mut self.flush_waiters) } else { Vec::new() };
+        let releases = std::mem::take(&mut self.release_after_commit);
+        self.writing = true;
+        Some(Write { batch, pending, waiters, releases })
+    }
+
+    /// A durable write ended: its sends become ready (or fail), its
+    /// waiters are answered.
+    pub(crate) fn written(&mut self, write: Write<T>, res: Result<(), StoreError>) {
+        let Write { pending, waiters, releases, .. } = write;
+        self.writing = false;
+        match res {
+            Ok(()) => {
+                for p in pending {
+                    self.store(*p.entry);
+                    let _ = p.reply.send(Ok(()));
+                }
+                self.effects.releases.extend(releases);
+            }
+            Err(e) => {
+                self.metrics.store_errors.increment(1);
+                self.shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                // The rows whose delete failed come back at the next
+                // start: their payloads stay (freed at expiry otherwise).
+                tracing::error!(queue = %self.config.name, error = %e, releases_kept = releases.len(), "queue store commit failed");
+                for p in pending {
+                    self.release_ticket(&p.entry.env.payload);
+                    self.give_permit();
+                    let _ = p.reply.send(Err(QueueError::Storage(e.clone())));
+                }
+            }
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+        // What piled up meanwhile goes next.
+        self.effects.write = true;
+    }
+
+    /// Calls `waiter` once everything done so far is written (durable
+    /// queues; at once otherwise).
+    pub(crate) fn flush(&mut self, waiter: oneshot::Sender<()>) {
+        // "Everything done so far" includes acks held back.
+        self.take_held_acks();
+        if self.durable {
+            self.flush_waiters.push(waiter);
+            self.effects.write = true;
+        } else {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Delivers or dead-letters what the store held at start.
+    pub(crate) fn take_loaded(&mut self, found: Vec<Loaded<T>>) {
+        if !found.is_empty() {
+            tracing::info!(queue = %self.config.name, messages = found.len(), "durable queue: messages loaded");
+        }
+        for loaded in found {
+            match loaded {
+                // Tickets were counted in when the queue started.
+                Loaded::Ok(entry) => self.store(*entry),
+                Loaded::Exhausted(entry) => {
+                    let attempt = entry.env.attempt.saturating_sub(1);
+                    let failure = FailureReason::Failed("delivery in flight at a stop or crash".into());
+                    self.histories.entry(entry.env.id).or_default().push(FailureRecord::now(attempt, &failure));
+                    self.dead_letter(entry, FailureReason::MaxDeliveries, true);
+                }
+                Loaded::Undecodable(seq, letter) => self.send_letter(letter, seq, true, None),
+            }
+        }
+    }
+
+    pub(crate) fn subscribe(&mut self, link: Arc<Link>, prefetch: usize) {
+        self.consumers.push(Slot { id: link.consumer, prefetch, outstanding: 0, waker: None, link });
+    }
+
+    /// The consumer takes nothing more; the acks it held back count first
+    /// (they give its credit back), later ones come one by one.
+    pub(crate) fn remove_consumer(&mut self, id: u64) {
+        self.timed_out.retain(|_, c| *c != id);
+        if let Some(idx) = self.consumers.iter().position(|s| s.id == id) {
+            for receipt in self.consumers[idx].link.take(true) {
+                self.ack(receipt);
+            }
+            let slot = self.consumers.remove(idx);
+            if slot.waker.is_some() {
+                self.waiting -= 1;
+            }
+        }
+    }
+
+    fn credit_back(&mut self, consumer: u64) {
+        if let Some(slot) = self.consumers.iter_mut().find(|s| s.id == consumer) {
+            slot.outstanding -= 1;
+        }
+    }
+
+    /// Takes deliveries for `consumer` into `out` (see [`Source::pull`]).
+    fn pull(&mut self, consumer: u64, out: &mut VecDeque<Handed<T>>, waker: Option<&Waker>) -> bool {
+        let Some(idx) = self.consumers.iter().position(|s| s.id == consumer) else {
+            // Closed: it ends with what it holds.
+            return true;
+        };
+        let now = self.now;
+        let before = out.len();
+        while self.consumers[idx].credit() > 0 {
+            let Some((entry, key)) = self.ready.pop(now) else { break };
+            if entry.env.deadline.is_some() && entry.env.is_expired() {
+                bump(&self.metrics.expired, &self.shared.stats.expired);
+                self.dead_letter(Box::new(entry), FailureReason::Expired, true);
+                self.release(key);
+                continue;
+            }
+            if self.sample() {
+                let waited = now.saturating_sub(entry.enqueued_us);
+                self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
+            }
+            let (seq, attempt) = (entry.seq, entry.env.attempt);
+            let due_us = now.saturating_add(self.visibility_us);
+            let delivery = InFlight { entry, consumer, due_us, delivered_us: now, key };
+            let (receipt, delivery) = self.in_flight.insert(delivery);
+            let slot = &mut self.consumers[idx];
+            out.push_back(Handed::of(&delivery.entry.env, receipt, &slot.link));
+            slot.outstanding += 1;
+            self.counts.delivered += 1;
+            self.deadlines.push_back(receipt);
+            // Recorded before the handler can crash the process, so
+            // max_deliveries holds across restarts.
+            self.note(seq, RowOp::Delivered(attempt));
+        }
+        if out.len() > before || self.closed {
+            return true;
+        }
+        if let Some(waker) = waker {
+            let slot = &mut self.consumers[idx];
+            match &slot.waker {
+                Some(w) if w.will_wake(waker) => {}
+                Some(_) => slot.waker = Some(waker.clone()),
+                None => {
+                    slot.waker = Some(waker.clone());
+                    self.waiting += 1;
+                }
+            }
+        }
+        false
+    }
+
+    fn requeue_front(&mut self, entry: Entry<Body<T>>, key: Option<Key>) {
+        self.ready.push_front(entry);
+        self.release(key);
+    }
+
+    fn release(&mut self, key: Option<Key>) {
+        if let Some(k) = key {
+            self.ready.release(&k);
+        }
+    }
+
+    /// A delivery failed: retry it or, out of attempts, dead-letter it.
+    fn fail(
+        &mut self,
+        mut entry: Box<Entry<Body<T>>>,
+        key: Option<Key>,
+        reason: FailureReason,
+        delay: Option<Duration>,
+    ) {
+        let attempt = entry.env.attempt;
+        self.histories.entry(entry.env.id).or_default().push(FailureRecord::now(attempt, &reason));
+        if attempt >= self.config.max_deliveries {
+            self.dead_letter(entry, FailureReason::MaxDeliveries, true);
+            return self.release(key);
+        }
+        if entry.env.deadline.is_some() && entry.env.is_expired() {
+            bump(&self.metrics.expired, &self.shared.stats.expired);
+            self.dead_letter(entry, FailureReason::Expired, true);
+            return self.release(key);
+        }
+        entry.env.attempt += 1;
+        bump(&self.metrics.redelivered, &self.shared.stats.redelivered);
+        let delay = delay.unwrap_or_else(|| self.config.retry.delay(attempt, rand::random::<f64>()));
+        if delay.is_zero() {
+            return self.requeue_front(*entry, key);
+        }
+        self.next_seq += 1;
+        let due = self.now.saturating_add(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX));
+        // A keyed message stays its key's turn while it waits: order holds.
+        self.delayed.insert((due, self.next_seq), Delayed { entry, key });
+    }
+
+    /// Sends `entry` to the DLQ; its capacity is given back (when it holds
+    /// some) once the DLQ has stored it. A claim-checked message keeps its
+    /// ticket: the DLQ entry holds the ticket, not the payload.
+    fn dead_letter(&mut self, entry: Box<Entry<Body<T>>>, reason: FailureReason, holds_permit: bool) {
+        self.dead_letter_then(entry, reason, holds_permit, None);
+    }
+
+    /// [`dead_letter`](Self::dead_letter), answering `reply` (a durable
+    /// send dead-lettered at once) once the DLQ has it.
+    fn dead_letter_then(
+        &mut self,
+        entry: Box<Entry<Body<T>>>,
+        reason: FailureReason,
+        holds_permit: bool,
+        reply: Option<Committed>,
+    ) {
+        let history = self.histories.remove(&entry.env.id).unwrap_or_default();
+        tracing::debug!(queue = %self.config.name, id = %entry.env.id, %reason, "dead-lettering");
+        let letter = DeadLetter::new(self.source.clone(), reason, &entry.env, history);
+        self.count_ticket(&entry.env.payload, false);
+        let seq = entry.seq;
+        drop(entry);
+        self.send_letter(letter, seq, holds_permit, reply);
+    }
+
+    /// Hands `letter` to the actor, which stores it in the DLQ; then the
+    /// stored row `seq` (if any) is deleted (see `letter_stored`), so a
+    /// message is always in the queue store or the DLQ.
+    fn send_letter(&mut self, letter: DeadLetter, seq: u64, holds_permit: bool, reply: Option<Committed>) {
+        self.shared.stats.pending_dead_letters.fetch_add(1, Ordering::Relaxed);
+        self.effects.letters.push(Letter { letter, seq, holds_permit, reply });
+    }
+
+    /// The DLQ answered for a letter (see `send_letter`).
+    pub(crate) fn letter_stored(
+        &mut self,
+        res: Result<(), String>,
+        code: &'static str,
+        seq: u64,
+        holds_permit: bool,
+        reply: Option<Committed>,
+    ) {
+        match res {
+            Ok(()) => {
+                metrics::counter!(m::QUEUE_DEAD_LETTERED, m::LABEL_NAME => self.config.name.clone(), m::LABEL_REASON => code)
+                    .increment(1);
+                self.shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.note(seq, RowOp::Delete);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                self.metrics.dlq_failures.increment(1);
+                tracing::error!(queue = %self.config.name, error = %e, "could not store a dead letter");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(QueueError::Storage(StoreError::Unavailable(format!(
+                        "the DLQ refused the message: {e}"
+                    )))));
+                }
+            }
+        }
+        if holds_permit {
+            self.give_permit();
+        }
+        self.shared.stats.pending_dead_letters.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Visibility timeouts, due retries, expiry, lazy deletes (durable
+    /// queues) and gauges: the actor's tick.
+    pub(crate) fn tick(&mut self) {
+        let now = self.now;
+        // Acks held back by consumers first: they may settle deliveries
+        // that would time out below.
+        self.take_held_acks();
+        // Visibility timeouts: the timeout is the same for every delivery, so
+        // deliveries (keyed by receipt) time out in receipt order.
+        while let Some(&receipt) = self.deadlines.front() {
+            if self.in_flight.get(receipt).is_some_and(|f| f.due_us > now) {
+                break;
+            }
+            self.deadlines.pop_front();
+            let Some(f) = self.in_flight.remove(receipt) else { continue };
+            self.timed_out.insert(receipt, f.consumer);
+            bump(&self.metrics.timeouts, &self.shared.stats.timeouts);
+            self.fail(Box::new(f.entry), f.key, FailureReason::Timeout, None);
+        }
+        if self.deadlines.len() > 2 * self.in_flight.len() + 1024 {
+            let live = &self.in_flight;
+            self.deadlines.retain(|&r| live.contains(r));
+        }
+        // Retries whose delay is over go back to the front.
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let d = entry.remove();
+            self.requeue_front(*d.entry, d.key);
+        }
+        self.expire();
+        if !self.ops.is_empty() {
+            self.effects.write = true;
+        }
+        self.samples_left = SAMPLES_PER_TICK;
+        self.metrics.depth.set((self.ready.len() + self.delayed.len()) as f64);
+        self.metrics.in_flight.set(self.in_flight.len() as f64);
+    }
+
+    /// Dead-letters every waiting message whose deadline passed, wherever it
+    /// waits.
+    fn expire(&mut self) {
+        if self.expiry.is_empty() {
+            return;
+        }
+        let now = Timestamp::now();
+        while let Some(Reverse((deadline, id))) = self.expiry.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.expiry.pop();
+            let found = match self.ready.remove(id) {
+                Some((entry, _)) => Some((Box::new(entry), None)),
+                None => {
+                    let at = self.delayed.iter().find(|(_, d)| d.entry.env.id == id).map(|(k, _)| *k);
+                    at.and_then(|k| self.delayed.remove(&k)).map(|d| (d.entry, d.key))
+                }
+            };
+            // Not waiting: delivered (its consumer checks), or gone.
+            if let Some((entry, key)) = found {
+                bump(&self.metrics.expired, &self.shared.stats.expired);
+                self.dead_letter(entry, FailureReason::Expired, true);
+                self.release(key);
+            }
+        }
+        // Entries of delivered messages linger until their deadline; rebuild
+        // when they dominate.
+        let waiting = self.ready.len() + self.delayed.len();
+        if self.expiry.len() > 2 * waiting + 1024 {
+            let live = self.ready.iter().chain(self.delayed.values().map(|d| &*d.entry));
+            self.expiry = live.filter_map(|e| e.env.deadline.map(|d| Reverse((d, e.env.id)))).collect();
+        }
+    }
+
+    pub(crate) fn settle(&mut self, settle: Settle) {
+        let settle = match settle {
+            Settle::Close(id) => return self.remove_consumer(id),
+            Settle::Ack(receipt) => return self.ack(receipt),
+            Settle::Acks(receipts) => {
+                for receipt in receipts {
+                    self.ack(receipt);
+                }
+                return;
+            }
+            Settle::Releases(receipts) => {
+                // Each goes to the front: the last first, so that they end
+                // up in the order they were delivered.
+                for receipt in receipts.into_iter().rev() {
+                    self.settle(Settle::Release(receipt));
+                }
+                return;
+            }
+            other => other,
+        };
+        let receipt = match &settle {
+            Settle::Expired(r) | Settle::Release(r) => *r,
+            Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } | Settle::Unclaimable { receipt, .. } => {
+                *receipt
+            }
+            Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) => return,
+        };
+        let Some(f) = self.in_flight.remove(receipt) else {
+            return self.stale(receipt);
+        };
+        self.credit_back(f.consumer);
+        match settle {
+            Settle::Nack { reason, delay, .. } => {
+                bump(&self.metrics.nacked, &self.shared.stats.nacked);
+                self.fail(Box::new(f.entry), f.key, reason, delay);
+            }
+            Settle::Reject { reason, .. } => {
+                let attempt = f.entry.env.attempt;
+                self.histories.entry(f.entry.env.id).or_default().push(FailureRecord::now(attempt, &reason));
+                self.dead_letter(Box::new(f.entry), reason, true);
+                self.release(f.key);
+            }
+            Settle::Expired(_) => {
+                bump(&self.metrics.expired, &self.shared.stats.expired);
+                self.dead_letter(Box::new(f.entry), FailureReason::Expired, true);
+                self.release(f.key);
+            }
+            Settle::Unclaimable { reason, .. } => {
+                bump(&self.metrics.claim_failures, &self.shared.stats.claim_failures);
+                let attempt = f.entry.env.attempt;
+                self.histories.entry(f.entry.env.id).or_default().push(FailureRecord::now(attempt, &reason));
+                self.dead_letter(Box::new(f.entry), reason, true);
+                self.release(f.key);
+            }
+            Settle::Release(_) => {
+                // Never seen by a handler: the attempt does not count.
+                let (seq, attempt) = (f.entry.seq, f.entry.env.attempt);
+                self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)));
+                self.requeue_front(f.entry, f.key);
+            }
+            Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) => {}
+        }
+    }
+
+    /// An ack: the settle of nearly every delivery, on its own path (not
+    /// through the matching of a whole `Settle` that the others need).
+    pub(crate) fn ack(&mut self, receipt: u64) {
+        let Some(f) = self.in_flight.remove(receipt) else {
+            return self.stale(receipt);
+        };
+        self.credit_back(f.consumer);
+        self.counts.acked += 1;
+        if self.sample() {
+            let took = self.now.saturating_sub(f.delivered_us);
+            self.metrics.latency.record(Duration::from_micros(took).as_secs_f64());
+        }
+        if !self.histories.is_empty() {
+            self.histories.remove(&f.entry.env.id);
+        }
+        self.leave(f.entry.seq, &f.entry.env.payload);
+        self.give_permit();
+        self.release(f.key);
+    }
+
+    /// A settle of `receipt` after its visibility timeout: the message was
+    /// already given to someone else (or dead-lettered). The consumer gets
+    /// its credit back now.
+    fn stale(&mut self, receipt: u64) {
+        if let Some(consumer) = self.timed_out.remove(&receipt) {
+            self.credit_back(consumer);
+        }
+        bump(&self.metrics.stale, &self.shared.stats.stale);
+    }
+
+    /// Applies the acks every consumer holds back (see `Link`).
+    fn take_held_acks(&mut self) {
+        for idx in 0..self.consumers.len() {
+            for receipt in self.consumers[idx].link.take(false) {
+                self.ack(receipt);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn slot_of(receipt: u64) -> usize {
+    InFlightTable::<()>::slot(receipt)
+}
