@@ -374,14 +374,21 @@ impl<T> Envelope<T> {
 
     /// The same metadata around another payload.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
-        let (meta, payload) = self.split();
-        meta.with_payload(f(payload))
+        let Envelope { id, correlation_id, causation_id, created_at, deadline, priority, attempt, headers, payload } =
+            self;
+        let payload = f(payload);
+        Envelope { id, correlation_id, causation_id, created_at, deadline, priority, attempt, headers, payload }
     }
 
     /// A copy of the metadata, without the payload (which need not be
     /// `Clone`): `envelope.meta().with_payload(other)` puts another payload
     /// in the same envelope.
     pub fn meta(&self) -> Envelope<()> {
+        self.copy_with(())
+    }
+
+    /// A copy of the metadata around `payload`.
+    pub(crate) fn copy_with<U>(&self, payload: U) -> Envelope<U> {
         Envelope {
             id: self.id,
             correlation_id: self.correlation_id,
@@ -391,7 +398,7 @@ impl<T> Envelope<T> {
             priority: self.priority,
             attempt: self.attempt,
             headers: self.headers.clone(),
-            payload: (),
+            payload,
         }
     }
 

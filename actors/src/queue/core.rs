@@ -43,6 +43,10 @@ use crate::store::StoreError;
 /// Histogram samples a queue records per tick, at most (counters are exact).
 const SAMPLES_PER_TICK: u32 = 256;
 
+/// Counted messages after which a lock section publishes its counters (see
+/// `Core::finish`).
+const PUBLISH_EVERY: u64 = 256;
+
 /// Most new messages a durable queue writes in one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -254,6 +258,27 @@ impl<T> InFlightTable<T> {
         self.get(receipt).is_some()
     }
 
+    /// The delivery of `receipt`, in place; `None` when it is not in flight
+    /// any more (settled, timed out: its slot may hold a newer one).
+    #[inline(always)]
+    fn slot_mut(&mut self, receipt: u64) -> Option<&mut InFlight<T>> {
+        match self.slots.get_mut(Self::slot(receipt))? {
+            Some((r, f)) if *r == receipt => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Drops the delivery of `receipt` where it lies (see `slot_mut`).
+    #[inline(always)]
+    fn free(&mut self, receipt: u64) {
+        let index = Self::slot(receipt);
+        if let Some(slot) = self.slots.get_mut(index).filter(|s| s.is_some()) {
+            *slot = None;
+            self.free.push(index as u32);
+            self.len -= 1;
+        }
+    }
+
     /// Takes the delivery of `receipt` out; `None` when it is not in flight
     /// any more (settled, timed out: its slot may hold a newer one).
     #[inline(always)]
@@ -305,10 +330,13 @@ impl<T: QueueMessage> Inner<T> {
             let r = f(&mut core);
             (r, core.finish())
         };
-        self.after(after);
+        if let Some(after) = after {
+            self.after(after);
+        }
         r
     }
 
+    #[cold]
     fn after(&self, after: After) {
         for w in after.wake {
             w.wake();
@@ -455,14 +483,27 @@ impl<T: QueueMessage> Core<T> {
         }
     }
 
-    /// Ends a lock section: counters, permits given back and sizes made
-    /// visible; the consumers that can now take something and the actor
-    /// (when effects wait) to be woken.
-    fn finish(&mut self) -> After {
-        self.publish();
-        let mut wake = Vec::new();
+    /// Ends a lock section: places given back to senders; the consumers
+    /// that can now take something and the actor (when effects wait) to be
+    /// woken. Counters are published once `PUBLISH_EVERY` piled up, at the
+    /// tick and whenever a handle reads them (see `Inner::stats`): two
+    /// atomic adds per counter per burst, not per message.
+    #[inline]
+    fn finish(&mut self) -> Option<After> {
+        if self.counts.permits > 0 {
+            self.shared.permits.add_permits(std::mem::take(&mut self.counts.permits));
+        }
+        if self.counts.enqueued + self.counts.delivered + self.counts.acked >= PUBLISH_EVERY {
+            self.publish();
+        }
         let closed = self.closed;
-        if self.waiting > 0 && (self.ready.len() > 0 || closed) {
+        let wake_some = self.waiting > 0 && (self.ready.len() > 0 || closed);
+        let poke = !self.poked && !self.effects.is_empty();
+        if !wake_some && !poke {
+            return None;
+        }
+        let mut wake = Vec::new();
+        if wake_some {
             for slot in &mut self.consumers {
                 if slot.credit() > 0 || closed {
                     wake.extend(slot.waker.take());
@@ -470,12 +511,12 @@ impl<T: QueueMessage> Core<T> {
             }
             self.waiting -= wake.len();
         }
-        let poke = !self.poked && !self.effects.is_empty();
         self.poked |= poke;
-        After { wake, poke }
+        Some(After { wake, poke })
     }
 
-    fn publish(&mut self) {
+    /// Makes the counters and sizes visible to the handles and metrics.
+    pub(crate) fn publish(&mut self) {
         let counts = std::mem::take(&mut self.counts);
         let stats = &self.shared.stats;
         for (n, counter, stat) in [
@@ -536,13 +577,16 @@ impl<T: QueueMessage> Core<T> {
     /// A message leaves for good (acked, dropped). On a durable queue its
     /// payload is released only once the row's delete is committed: a crash
     /// in between brings the message back, and it must still be claimable.
-    fn leave(&mut self, seq: u64, body: &Body<T>) {
-        if !self.durable || seq == 0 {
-            return self.release_ticket(body);
-        }
-        self.count_ticket(body, false);
-        if let Body::Claimed(ticket) = body {
-            self.release_after_commit.push(**ticket);
+    fn leave(&mut self, seq: u64, ticket: Option<Ticket>) {
+        if let Some(ticket) = ticket {
+            let stats = &self.shared.stats;
+            stats.ticketed.fetch_sub(1, Ordering::Relaxed);
+            stats.ticketed_bytes.fetch_sub(ticket.size, Ordering::Relaxed);
+            if self.durable && seq > 0 {
+                self.release_after_commit.push(ticket);
+            } else {
+                self.effects.releases.push(ticket);
+            }
         }
         self.note(seq, RowOp::Delete);
     }
@@ -636,7 +680,7 @@ impl<T: QueueMessage> Core<T> {
             self.histories.remove(&out.env.id);
             bump(&self.metrics.dropped_oldest, &self.shared.stats.dropped);
             tracing::debug!(queue = %self.config.name, id = %out.env.id, "queue full: message dropped (drop_oldest)");
-            self.leave(out.seq, &out.env.payload);
+            self.leave(out.seq, out.env.payload.ticket().copied());
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(()));
             }
@@ -974,6 +1018,7 @@ impl<T: QueueMessage> Core<T> {
             self.effects.write = true;
         }
         self.samples_left = SAMPLES_PER_TICK;
+        self.publish();
         self.metrics.depth.set((self.ready.len() + self.delayed.len()) as f64);
         self.metrics.in_flight.set(self.in_flight.len() as f64);
     }
@@ -1078,23 +1123,28 @@ impl<T: QueueMessage> Core<T> {
     }
 
     /// An ack: the settle of nearly every delivery, on its own path (not
-    /// through the matching of a whole `Settle` that the others need).
+    /// through the matching of a whole `Settle` that the others need), and
+    /// in place: the delivery is dropped where it lies, not moved out first.
     pub(crate) fn ack(&mut self, receipt: u64) {
-        let Some(f) = self.in_flight.remove(receipt) else {
+        let Some(slot) = self.in_flight.slot_mut(receipt) else {
             return self.stale(receipt);
         };
-        self.credit_back(f.consumer);
+        let (consumer, delivered_us, seq, key) = (slot.consumer, slot.delivered_us, slot.entry.seq, slot.key.take());
+        let ticket = slot.entry.env.payload.ticket().copied();
+        if !self.histories.is_empty() {
+            let id = slot.entry.env.id;
+            self.histories.remove(&id);
+        }
+        self.in_flight.free(receipt);
+        self.credit_back(consumer);
         self.counts.acked += 1;
         if self.sample() {
-            let took = self.now.saturating_sub(f.delivered_us);
+            let took = self.now.saturating_sub(delivered_us);
             self.metrics.latency.record(Duration::from_micros(took).as_secs_f64());
         }
-        if !self.histories.is_empty() {
-            self.histories.remove(&f.entry.env.id);
-        }
-        self.leave(f.entry.seq, &f.entry.env.payload);
+        self.leave(seq, ticket);
         self.give_permit();
-        self.release(f.key);
+        self.release(key);
     }
 
     /// A settle of `receipt` after its visibility timeout: the message was

@@ -524,6 +524,7 @@ impl<T: QueueMessage> QueueHandle<T> {
 
     /// The queue's counters and sizes.
     pub fn stats(&self) -> QueueStats {
+        self.inner.with(|core| core.publish());
         self.shared.stats.snapshot()
     }
 
@@ -540,12 +541,12 @@ impl<T: QueueMessage> QueueHandle<T> {
 
     /// Messages waiting (ready or delayed).
     pub fn depth(&self) -> u64 {
-        self.shared.stats.depth.load(Ordering::Relaxed)
+        self.stats().depth
     }
 
     /// Deliveries not settled yet.
     pub fn in_flight(&self) -> u64 {
-        self.shared.stats.in_flight.load(Ordering::Relaxed)
+        self.stats().in_flight
     }
 }
 
@@ -914,7 +915,7 @@ impl<T: Clone> Handed<T> {
     pub(crate) fn of(env: &Envelope<Body<T>>, receipt: u64, link: &Arc<Link>) -> Self {
         let link = Arc::clone(link);
         match &env.payload {
-            Body::Inline(t) => Handed::Ready(Delivery::new(env.meta().with_payload(t.clone()), receipt, link)),
+            Body::Inline(t) => Handed::Ready(Delivery::new(env.copy_with(t.clone()), receipt, link)),
             Body::Claimed(ticket) => Handed::Ticket(Delivery::new(env.meta(), receipt, link), ticket.clone()),
         }
     }

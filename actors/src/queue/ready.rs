@@ -66,6 +66,7 @@ impl<T> Ready<T> {
     }
 
     /// The partition key of `env`, when partitioned and it has one.
+    #[inline]
     pub(crate) fn key_of(&self, env: &Envelope<T>) -> Option<Key> {
         let p = self.partitions.as_ref()?;
         env.headers.get(&p.header).map(|v| Key::from(v.as_str()))
