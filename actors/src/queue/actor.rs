@@ -35,8 +35,6 @@ pub struct Queue<T> {
     claims: Option<ClaimCheck>,
     store: Option<Arc<dyn QueueStore>>,
     write_scheduled: bool,
-    /// What the store held at start, delivered once the actor runs.
-    loaded: Vec<Loaded<T>>,
 }
 
 impl<T> Queue<T>
@@ -120,22 +118,23 @@ where
             durable: store.is_some(),
             codec,
         });
-        // What was found is visible through the handle at once, before the
-        // actor first runs.
-        let mut waiting = 0;
         for loaded in &loaded {
             if let Loaded::Ok(e) | Loaded::Exhausted(e) = loaded {
-                waiting += u64::from(matches!(loaded, Loaded::Ok(_)));
                 if let Body::Claimed(t) = &e.env.payload {
                     shared.stats.ticketed.fetch_add(1, Ordering::Relaxed);
                     shared.stats.ticketed_bytes.fetch_add(t.size, Ordering::Relaxed);
                 }
             }
         }
-        shared.stats.depth.store(waiting, Ordering::Relaxed);
         let (poke, mut pokes) = mpsc::unbounded_channel::<()>();
         let core = Core::new(config.clone(), Arc::clone(&shared), store.is_some(), next_row, permit_debt);
         let inner = Arc::new(Inner::new(Arc::clone(&shared), core, poke));
+        // What was found is in the queue at once, before the actor first
+        // runs (which stores what it dead-letters).
+        inner.with(|core| {
+            core.stamp();
+            core.take_loaded(loaded);
+        });
         let actor_inner = Arc::clone(&inner);
         let tick = config.tick;
         let create = move |ctx: &mut Context<Self>| {
@@ -153,7 +152,6 @@ where
                 claims: config.claim_check.as_ref().map(|c| c.claims.clone()),
                 store,
                 write_scheduled: false,
-                loaded,
             }
         };
         match arbiter {
@@ -313,11 +311,6 @@ where
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let loaded = std::mem::take(&mut self.loaded);
-        self.inner.with(|core| {
-            core.stamp();
-            core.take_loaded(loaded);
-        });
         self.run_effects(ctx);
     }
 

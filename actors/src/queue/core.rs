@@ -485,15 +485,17 @@ impl<T: QueueMessage> Core<T> {
 
     /// Ends a lock section: places given back to senders; the consumers
     /// that can now take something and the actor (when effects wait) to be
-    /// woken. Counters are published once `PUBLISH_EVERY` piled up, at the
-    /// tick and whenever a handle reads them (see `Inner::stats`): two
-    /// atomic adds per counter per burst, not per message.
+    /// woken. Counters are published once `PUBLISH_EVERY` piled up, when
+    /// nothing is left to deliver, at the tick and whenever a handle reads
+    /// them (`QueueHandle::stats`): a few atomic adds per burst, not per
+    /// message, and exact once the queue is idle.
     #[inline]
     fn finish(&mut self) -> Option<After> {
         if self.counts.permits > 0 {
             self.shared.permits.add_permits(std::mem::take(&mut self.counts.permits));
         }
-        if self.counts.enqueued + self.counts.delivered + self.counts.acked >= PUBLISH_EVERY {
+        let counted = self.counts.enqueued + self.counts.delivered + self.counts.acked;
+        if counted >= PUBLISH_EVERY || (counted > 0 && self.ready.len() == 0) {
             self.publish();
         }
         let closed = self.closed;
