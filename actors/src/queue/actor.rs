@@ -432,6 +432,32 @@ mod tests {
     }
 
     #[test]
+    fn consumers_with_credit_share_what_waits() {
+        actix_rt::System::new().block_on(async {
+            let q = Queue::<u32>::start(config("fair", Duration::from_secs(3600)), DlqSink::in_memory()).unwrap();
+            let mut a = q.consumer(8).await.unwrap();
+            let mut b = q.consumer(8).await.unwrap();
+            for i in 0..8 {
+                q.send(i).await.unwrap();
+            }
+            // `a` asks first: half of what waits, not its whole credit.
+            assert_eq!(take_acked(&mut a, 1).await, [0]);
+            assert_eq!(q.stats().delivered, 4);
+            assert_eq!(take_acked(&mut b, 4).await, [4, 5, 6, 7]);
+            assert_eq!(take_acked(&mut a, 3).await, [1, 2, 3]);
+            // Once alone, `a` takes all that waits (within its credit).
+            for i in 8..14 {
+                q.send(i).await.unwrap();
+            }
+            drop(b);
+            assert_eq!(take_acked(&mut a, 1).await, [8]);
+            assert_eq!(q.stats().delivered, 14);
+            drop(a);
+            until(|| q.stats().acked == 9 && q.depth() == 5).await;
+        });
+    }
+
+    #[test]
     fn a_batch_for_a_consumer_gone_before_the_queue_saw_it_go_comes_back_in_order() {
         actix_rt::System::new().block_on(async {
             let q = Queue::<u32>::start(config("batch-gone", Duration::from_secs(3600)), DlqSink::in_memory()).unwrap();

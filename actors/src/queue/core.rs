@@ -7,7 +7,8 @@
 //! - a send pushes its message into the ready set and wakes a consumer that
 //!   waits with credit;
 //! - a consumer pulls what its credit allows in one go (hands over the acks
-//!   it held back, takes messages, records them in flight);
+//!   it held back, takes messages, records them in flight), or its fair
+//!   share of what waits when other consumers have credit too;
 //! - a settle (a batch of acks, a nack, a reject) applies at once.
 //!
 //! What needs time or I/O is left to the [`Queue`](super::Queue) actor as
@@ -832,7 +833,14 @@ impl<T: QueueMessage> Core<T> {
         };
         let now = self.now;
         let before = out.len();
-        while self.consumers[idx].credit() > 0 {
+        // A fair share when others could take some too: one consumer that
+        // wakes first does not take all of a small burst while the rest idle.
+        let mut limit = self.consumers[idx].credit();
+        let others = self.consumers.iter().filter(|s| s.id != consumer && s.credit() > 0).count();
+        if others > 0 {
+            limit = limit.min(self.ready.len().div_ceil(others + 1).max(1));
+        }
+        while out.len() - before < limit {
             let Some((entry, key)) = self.ready.pop(now) else { break };
             if entry.env.deadline.is_some() && entry.env.is_expired() {
                 bump(&self.metrics.expired, &self.shared.stats.expired);

@@ -551,7 +551,7 @@ impl<T: QueueMessage> QueueHandle<T> {
 }
 
 /// Receives deliveries from one queue, at most `prefetch` unsettled at a
-/// time. Dropping it: the queue sends it nothing more, and deliveries it had
+/// time. Dropping it: it takes nothing more, and deliveries it had
 /// buffered but not returned go back to the front of the queue, in the
 /// order they were delivered, without counting an attempt (deliveries
 /// already returned settle through their own drop).

@@ -19,14 +19,17 @@
 //!  deadline passed anywhere but in a handler ──► DLQ `expired`
 //! ```
 //!
-//! - **Credit.** A consumer is given at most `prefetch` unsettled deliveries;
-//!   settling one makes room for the next. Consumers are served round-robin.
-//!   What one pass of the queue delivers to a consumer reaches it as one
-//!   batch (one channel item, one wake-up), which `recv` takes from one by one.
-//!   While a consumer has more deliveries waiting, its acks go to the queue
-//!   together: once half its prefetch (at most 64) piled up, when it is
-//!   about to wait or goes away, or at the queue's next tick, whichever is
-//!   first (never after a visibility timeout that the tick then applies).
+//! - **Credit.** A consumer holds at most `prefetch` unsettled deliveries;
+//!   settling one makes room for the next. A consumer takes deliveries when
+//!   it asks (`recv` with nothing buffered): as many as its credit allows in
+//!   one go, or its fair share of what waits when other consumers have
+//!   credit too, and `recv` then returns them one by one. There is no hop
+//!   through the queue's actor: sends, takes and settles work on the
+//!   queue's state directly, under one lock. While a consumer has more
+//!   deliveries buffered, its acks go to the queue together: once half its
+//!   prefetch (at most 64) piled up, when it takes more or goes away, or at
+//!   the queue's next tick, whichever is first (never after a visibility
+//!   timeout that the tick then applies).
 //! - **Visibility timeout.** A delivery not settled within
 //!   [`QueueConfig::visibility_timeout`] counts as failed (`timeout`) and the
 //!   message is delivered again with `attempt + 1`. A settle that arrives
