@@ -187,7 +187,7 @@ pub(crate) trait Source<T>: Send + Sync {
     fn pull(&self, link: &Link, out: &mut VecDeque<Handed<T>>, waker: Option<&std::task::Waker>) -> bool;
 }
 
-/// Counters and sizes of one queue, readable without asking the actor.
+/// Counters and sizes of one queue (see `Core::publish`).
 #[derive(Default, Debug)]
 pub(crate) struct Stats {
     pub(crate) enqueued: AtomicU64,
@@ -350,11 +350,11 @@ impl<T: QueueMessage> QueueHandle<T> {
     pub(crate) async fn enqueue(&self, envelope: Envelope<Body<T>>) -> Result<MessageId, QueueError> {
         let id = envelope.id;
         let shared = &self.shared;
-        // The permit is held, not forgotten, until the command is in the
-        // channel: a caller that gives up waiting (a timeout around this
+        // The permit is held, not forgotten, until the message is in the
+        // queue: a caller that gives up waiting (a timeout around this
         // future, an HTTP client that went away) or a send that fails before
-        // that gives the place back instead of leaking it. The actor gives it
-        // back once the message leaves.
+        // that gives the place back instead of leaking it. The queue gives
+        // it back once the message leaves.
         let (overflow, permit) = if shared.policy == OverflowPolicy::Block {
             // The wait (and its waiter node) only when the queue is full.
             let permit = match shared.permits.try_acquire() {
