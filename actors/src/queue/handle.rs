@@ -344,7 +344,40 @@ impl<T: QueueMessage> QueueHandle<T> {
     /// around it) leaves the message unsent and the queue's capacity as it
     /// was, so a `block` send can be bounded with `tokio::time::timeout`.
     pub async fn send_envelope(&self, envelope: Envelope<T>) -> Result<MessageId, QueueError> {
-        self.enqueue(envelope.map(Body::Inline)).await
+        match self.send_now(envelope) {
+            Ok(sent) => sent,
+            Err(envelope) => self.enqueue(envelope.map(Body::Inline)).await,
+        }
+    }
+
+    /// The common send, done at once: a place is free and the payload goes
+    /// as it is (no check-in, not durable). The envelope comes back when the
+    /// send needs more (a wait for room, an overflow policy, I/O): then the
+    /// general path takes it. Separate from it so that the envelope is moved
+    /// twice on its way into the queue, not through every state of the
+    /// general path's future.
+    fn send_now(&self, envelope: Envelope<T>) -> Result<Result<MessageId, QueueError>, Envelope<T>> {
+        if self.typed.claim.is_some() || self.typed.durable {
+            return Err(envelope);
+        }
+        let Ok(permit) = self.shared.permits.try_acquire() else { return Err(envelope) };
+        let id = envelope.id;
+        let incoming =
+            Incoming { entry: Entry { env: envelope.map(Body::Inline), enqueued_us: 0, seq: 0 }, stored: None };
+        let sent = self.inner.with(|core| {
+            if core.is_closed() {
+                return false;
+            }
+            core.stamp();
+            core.accept(incoming);
+            true
+        });
+        if !sent {
+            // The permit goes back as it drops.
+            return Ok(Err(self.closed()));
+        }
+        permit.forget();
+        Ok(Ok(id))
     }
 
     pub(crate) async fn enqueue(&self, envelope: Envelope<Body<T>>) -> Result<MessageId, QueueError> {
