@@ -205,7 +205,7 @@ fn resident_bytes() -> u64 {
 fn memory_report() {
     const N: usize = 1_000_000;
     let sys = System::new();
-    sys.block_on(async {
+    let bus = sys.block_on(async {
         let bus = Bus::builder().build().expect("bus");
         let q = bus.queue::<Vec<u8>>("bench-memory").capacity(N).start().expect("queue");
         let before = resident_bytes();
@@ -223,7 +223,9 @@ fn memory_report() {
             grown / N as u64,
             after as f64 / 1e6
         );
+        bus
     });
+    stop(&sys, &bus);
 }
 
 /// Set when the durable group runs (a name filter may leave it out).
