@@ -490,7 +490,7 @@ impl<T: QueueMessage> Core<T> {
     /// nothing is left to deliver, at the tick and whenever a handle reads
     /// them (`QueueHandle::stats`): a few atomic adds per burst, not per
     /// message, and exact once the queue is idle.
-    #[inline]
+    #[inline(always)]
     fn finish(&mut self) -> Option<After> {
         if self.counts.permits > 0 {
             self.shared.permits.add_permits(std::mem::take(&mut self.counts.permits));

@@ -673,6 +673,7 @@ impl<T> Consumer<T> {
 
     /// The next waiting delivery that has not expired (those are settled as
     /// expired on the way), telling the queue whether more wait behind it.
+    #[inline(always)]
     fn fresh(&mut self) -> Option<Handed<T>> {
         loop {
             let mut handed = self.waiting()?;
@@ -685,6 +686,7 @@ impl<T> Consumer<T> {
 
     /// The stashed delivery, or the next one buffered or in the queue
     /// (taken without waiting; the acks held back go with the take).
+    #[inline(always)]
     fn waiting(&mut self) -> Option<Handed<T>> {
         // Tested first: `take` would copy the whole (empty) stash.
         if self.stash.is_some() {
