@@ -1,8 +1,11 @@
 //! Point-to-point queues (DESIGN §6.3), priority queues (§6.10) and the
 //! partitioned mode that competing consumers use for per-key order (§6.11).
 //!
-//! A [`Queue`] actor holds messages; producers [`send`](QueueHandle::send)
-//! through a [`QueueHandle`]; consumers take [`Delivery`]s from a
+//! A queue keeps its messages in a core (its state and rules, behind one
+//! lock) that handles and consumers use directly; its [`Queue`] actor runs
+//! what takes time or I/O: visibility timeouts, retries, expiry, dead
+//! letters, durable writes. Producers [`send`](QueueHandle::send) through a
+//! [`QueueHandle`]; consumers take [`Delivery`]s from a
 //! [`Consumer`] and settle each one: [`ack`](Delivery::ack) (done, forget
 //! it), [`nack`](Delivery::nack) (failed, try again by the retry policy),
 //! [`retry_after`](Delivery::retry_after) (failed, try again after this
