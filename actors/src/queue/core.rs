@@ -306,7 +306,7 @@ pub(crate) struct Inner<T> {
 }
 
 /// What to do once the lock is released.
-pub(crate) struct After {
+struct After {
     wake: Vec<Waker>,
     poke: bool,
 }
