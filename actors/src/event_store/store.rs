@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::metadata::{self, StreamMetadata};
 use super::subscription::{self, Subscription, SubscriptionTarget};
-use super::workers::{start_workers, ReadOp, ReaderWorker, WriteOp, WriterWorker};
+use super::workers::{start_workers, ReadOp, ReaderWorker, Writer};
 use crate::envelope::Timestamp;
 use crate::metrics as m;
 use crate::store::{
@@ -231,7 +231,7 @@ impl Metrics {
 /// through the returned [`EventStoreHandle`].
 pub struct EventStore {
     config: Arc<EventStoreConfig>,
-    writer: Addr<WriterWorker>,
+    writer: Writer,
     queue: Arc<AppendQueue>,
     committing: bool,
     flush_scheduled: bool,
@@ -260,7 +260,7 @@ impl EventStore {
             readers.push(log.reader()?);
         }
         let end = readers.first_mut().map(|r| r.end_position()).transpose()?.unwrap_or(0);
-        let (writer, readers) = start_workers(log, writer, readers);
+        let (writer, readers) = start_workers(log, writer, readers)?;
         let config = Arc::new(config);
         let end = Arc::new(AtomicU64::new(end));
         let fallbacks = Arc::new(AtomicU64::new(0));
@@ -329,19 +329,14 @@ impl EventStore {
         self.committing = true;
         let started = Instant::now();
         let (metrics, end) = (Arc::clone(&self.metrics), Arc::clone(&self.end));
-        let op = WriteOp(Box::new(move |w: &mut dyn crate::store::EventWriter| {
-            answer(w.append_batch(requests), waiting, started, &metrics, &end)
-        }));
-        let commit = self.writer.send(op);
+        let commit = self.writer.call(move |w| answer(w.append_batch(requests), waiting, started, &metrics, &end));
         ctx.spawn(commit.into_actor(self).map(move |res, act, ctx| {
             act.committing = false;
             match res {
-                Ok(Ok(recorded)) => act.committed(recorded),
-                Ok(Err(e)) => tracing::error!(store = %act.config.name, error = %e, "event store commit failed"),
-                // The writer thread stopped with the batch (a panic): the
-                // answers went with it, and each appender is told that the
-                // store stopped.
-                Err(e) => tracing::error!(store = %act.config.name, error = %e, "event store writer failed"),
+                Ok(recorded) => act.committed(recorded),
+                // The appenders were answered with the error (or, if the
+                // writer's job panicked, told that the store stopped).
+                Err(e) => tracing::error!(store = %act.config.name, error = %e, "event store commit failed"),
             }
             act.flush(ctx);
         }));
@@ -545,7 +540,7 @@ impl Handler<RegisterLive> for EventStore {
 pub struct EventStoreHandle {
     store: Addr<EventStore>,
     queue: Arc<AppendQueue>,
-    writer: Addr<WriterWorker>,
+    writer: Writer,
     readers: Addr<ReaderWorker>,
     config: Arc<EventStoreConfig>,
     end: Arc<AtomicU64>,
@@ -601,7 +596,7 @@ impl EventStoreHandle {
         &self,
         f: impl FnOnce(&mut dyn crate::store::EventWriter) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.writer.send(WriteOp(Box::new(f))).await?
+        self.writer.call(f).await
     }
 
     /// Up to `max` events of `stream`, forward from version `from` or
