@@ -166,10 +166,11 @@ async fn concurrent_appends_share_commits() {
 }
 
 #[actix_rt::test]
-async fn appends_beyond_a_full_mailbox_wait_for_room_instead_of_failing() {
-    // max_batch 1: a mailbox of 16 (its floor), one append per commit.
+async fn appends_beyond_a_full_queue_wait_for_room_instead_of_failing() {
+    // max_batch 1: an append queue of 32 (twice its floor of 16), one
+    // append per commit.
     let (_dir, store) = sqlite_store(EventStoreConfig { max_batch: 1, ..EventStoreConfig::default() });
-    // Sent from one task before the actor runs: all but 16 find it full.
+    // Sent from one task before the actor runs: all but 32 find it full.
     let appends = (0..100u64).map(|i| store.append(format!("s-{i}"), ExpectedVersion::NoStream, vec![ev(i)]));
     for r in join_all(appends).await {
         r.unwrap();

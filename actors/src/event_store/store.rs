@@ -1,17 +1,17 @@
 //! The `EventStore` actor and its handle.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use actix::prelude::*;
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::metadata::{self, StreamMetadata};
 use super::subscription::{self, Subscription, SubscriptionTarget};
-use super::workers::{start_workers, ReadOp, ReaderWorker, WriteOp, WriterWorker};
+use super::workers::{start_workers, ReadOp, ReaderWorker, Writer};
 use crate::envelope::Timestamp;
 use crate::metrics as m;
 use crate::store::{
@@ -27,6 +27,8 @@ pub struct EventStoreConfig {
     /// Reader threads (reads and catch-up subscriptions). Default 2.
     pub readers: usize,
     /// Most appends committed together in one transaction. Default 4096.
+    /// Twice as many (at least 32) may be queued or committing at once;
+    /// further appenders wait for room.
     pub max_batch: usize,
     /// Events a catch-up subscription reads per round trip. Default 512.
     pub read_batch: usize,
@@ -65,16 +67,84 @@ impl Message for Append {
     type Result = Result<AppendResult, AppendError>;
 }
 
-/// An append with its reply channel: the handle's path. Unlike [`Append`]
-/// through `Addr::send`, it spares actix's request machinery (a second
-/// channel, and a task spawned to await the answer) on every append.
-struct AppendWithReply {
-    request: AppendRequest,
-    reply: oneshot::Sender<Result<AppendResult, AppendError>>,
+/// Tells the actor that the append queue has appends and nobody is due to
+/// take them: sent by the first append after the actor found the queue
+/// empty, not by every append.
+struct Queued;
+
+impl Message for Queued {
+    type Result = ();
 }
 
-impl Message for AppendWithReply {
-    type Result = ();
+/// The appends on their way to the writer, shared by the handles and the
+/// actor. Appenders put their request here themselves instead of sending it
+/// through the actor's mailbox (a boxed envelope, a queue node and a poll of
+/// the actor per append): while a commit is in flight the actor is not
+/// woken at all, and when the commit completes it takes everything queued
+/// meanwhile as the next batch.
+struct AppendQueue {
+    state: Mutex<QueueState>,
+    /// One permit per append from the moment it is queued until it is
+    /// answered: appenders beyond [`queue_capacity`] wait for room.
+    room: Arc<Semaphore>,
+}
+
+struct QueueState {
+    appends: Vec<(AppendRequest, Pending)>,
+    /// The actor will look at the queue without being told: a [`Queued`]
+    /// message is on its way, or a commit is in flight (its completion
+    /// takes the next batch). Cleared when the actor finds the queue empty.
+    due: bool,
+    /// The actor is gone: appends are refused.
+    closed: bool,
+}
+
+impl AppendQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Nothing panics while holding the lock; the state is a list.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How many appends may be queued or committing at once: a full batch at
+/// the writer and another one waiting.
+fn queue_capacity(config: &EventStoreConfig) -> usize {
+    config.max_batch.max(16).saturating_mul(2).min(Semaphore::MAX_PERMITS)
+}
+
+/// Queues `request` (waiting for room if the queue is full) and waits for
+/// its answer. `store` is told only if nobody is due to look at the queue.
+async fn enqueue(
+    queue: &AppendQueue,
+    store: &Addr<EventStore>,
+    request: AppendRequest,
+) -> Result<AppendResult, AppendError> {
+    let stopped = || AppendError::Store(StoreError::Unavailable("the event store stopped".into()));
+    let room = match Arc::clone(&queue.room).try_acquire_owned() {
+        Ok(room) => room,
+        Err(_) => Arc::clone(&queue.room).acquire_owned().await.map_err(|_| stopped())?,
+    };
+    let (reply, answer) = oneshot::channel();
+    let pending = Pending { reply, received: Instant::now(), _room: room };
+    let tell = {
+        let mut q = queue.lock();
+        if q.closed {
+            return Err(stopped());
+        }
+        q.appends.push((request, pending));
+        !std::mem::replace(&mut q.due, true)
+    };
+    if tell {
+        match store.try_send(Queued) {
+            Ok(()) => {}
+            // Only one `Queued` is ever in flight: it may pass the limit.
+            Err(SendError::Full(msg)) => store.do_send(msg),
+            // The actor is stopping: dropping it closes the queue and
+            // answers every append in it.
+            Err(SendError::Closed(_)) => {}
+        }
+    }
+    answered(answer).await
 }
 
 /// Registers a live subscriber: from now on, every committed event of the
@@ -92,6 +162,8 @@ impl Message for RegisterLive {
 struct Pending {
     reply: oneshot::Sender<Result<AppendResult, AppendError>>,
     received: Instant,
+    /// The append's place in the queue, given back once it is answered.
+    _room: OwnedSemaphorePermit,
 }
 
 struct Metrics {
@@ -159,8 +231,8 @@ impl Metrics {
 /// through the returned [`EventStoreHandle`].
 pub struct EventStore {
     config: Arc<EventStoreConfig>,
-    writer: Addr<WriterWorker>,
-    queue: VecDeque<(AppendRequest, Pending)>,
+    writer: Writer,
+    queue: Arc<AppendQueue>,
     committing: bool,
     flush_scheduled: bool,
     /// The events of the last commit when no live subscriber wanted them.
@@ -188,14 +260,18 @@ impl EventStore {
             readers.push(log.reader()?);
         }
         let end = readers.first_mut().map(|r| r.end_position()).transpose()?.unwrap_or(0);
-        let (writer, readers) = start_workers(log, writer, readers);
+        let (writer, readers) = start_workers(log, writer, readers)?;
         let config = Arc::new(config);
         let end = Arc::new(AtomicU64::new(end));
         let fallbacks = Arc::new(AtomicU64::new(0));
+        let queue = Arc::new(AppendQueue {
+            state: Mutex::new(QueueState { appends: Vec::new(), due: false, closed: false }),
+            room: Arc::new(Semaphore::new(queue_capacity(&config))),
+        });
         let actor = EventStore {
             config: Arc::clone(&config),
             writer: writer.clone(),
-            queue: VecDeque::new(),
+            queue: Arc::clone(&queue),
             committing: false,
             flush_scheduled: false,
             spent: Vec::new(),
@@ -206,7 +282,7 @@ impl EventStore {
             metrics: Arc::new(Metrics::new(&config.name)),
         };
         let store = actor.start();
-        Ok(EventStoreHandle { store, writer, readers, config, end, fallbacks })
+        Ok(EventStoreHandle { store, queue, writer, readers, config, end, fallbacks })
     }
 
     /// Starts an event store on the SQLite log of `dir`
@@ -235,27 +311,32 @@ impl EventStore {
     /// some tasks have yet to run and send a smaller batch (64-writer bench:
     /// 988 to 1,000 of each 1,000 batches still had all 64).
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.queue.is_empty() {
+        if self.committing {
             return;
         }
-        let n = self.queue.len().min(self.config.max_batch.max(1));
-        let (requests, waiting): (Vec<_>, Vec<_>) = self.queue.drain(..n).unzip();
+        let (requests, waiting): (Vec<_>, Vec<_>) = {
+            let mut q = self.queue.lock();
+            if q.appends.is_empty() {
+                // The next append tells the actor.
+                q.due = false;
+                return;
+            }
+            // `due` stays set: this commit's completion takes what queues
+            // up meanwhile.
+            let n = q.appends.len().min(self.config.max_batch.max(1));
+            q.appends.drain(..n).unzip()
+        };
         self.committing = true;
         let started = Instant::now();
         let (metrics, end) = (Arc::clone(&self.metrics), Arc::clone(&self.end));
-        let op = WriteOp(Box::new(move |w: &mut dyn crate::store::EventWriter| {
-            answer(w.append_batch(requests), waiting, started, &metrics, &end)
-        }));
-        let commit = self.writer.send(op);
+        let commit = self.writer.call(move |w| answer(w.append_batch(requests), waiting, started, &metrics, &end));
         ctx.spawn(commit.into_actor(self).map(move |res, act, ctx| {
             act.committing = false;
             match res {
-                Ok(Ok(recorded)) => act.committed(recorded),
-                Ok(Err(e)) => tracing::error!(store = %act.config.name, error = %e, "event store commit failed"),
-                // The writer thread stopped with the batch (a panic): the
-                // answers went with it, and each appender is told that the
-                // store stopped.
-                Err(e) => tracing::error!(store = %act.config.name, error = %e, "event store writer failed"),
+                Ok(recorded) => act.committed(recorded),
+                // The appenders were answered with the error (or, if the
+                // writer's job panicked, told that the store stopped).
+                Err(e) => tracing::error!(store = %act.config.name, error = %e, "event store commit failed"),
             }
             act.flush(ctx);
         }));
@@ -400,11 +481,20 @@ impl GroupCommit for EventStore {
 
 impl Actor for EventStore {
     type Context = Context<Self>;
+}
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Appends wait in the queue, not in the mailbox; a large mailbox lets
-        // many concurrent appenders reach the queue before the next commit.
-        ctx.set_mailbox_capacity(self.config.max_batch.max(16));
+impl Drop for EventStore {
+    fn drop(&mut self) {
+        // Appends still queued would wait forever: answer them, and refuse
+        // the next ones.
+        let appends = {
+            let mut q = self.queue.lock();
+            q.closed = true;
+            std::mem::take(&mut q.appends)
+        };
+        let (_, waiting): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
+        fail_all(waiting, StoreError::Unavailable("the event store stopped".into()), &self.metrics);
+        self.queue.room.close();
     }
 }
 
@@ -412,17 +502,15 @@ impl Handler<Append> for EventStore {
     type Result = ResponseFuture<Result<AppendResult, AppendError>>;
 
     fn handle(&mut self, Append(request): Append, ctx: &mut Context<Self>) -> Self::Result {
-        let (reply, answer) = oneshot::channel();
-        Handler::<AppendWithReply>::handle(self, AppendWithReply { request, reply }, ctx);
-        Box::pin(answered(answer))
+        let (queue, store) = (Arc::clone(&self.queue), ctx.address());
+        Box::pin(async move { enqueue(&queue, &store, request).await })
     }
 }
 
-impl Handler<AppendWithReply> for EventStore {
+impl Handler<Queued> for EventStore {
     type Result = ();
 
-    fn handle(&mut self, AppendWithReply { request, reply }: AppendWithReply, ctx: &mut Context<Self>) {
-        self.queue.push_back((request, Pending { reply, received: Instant::now() }));
+    fn handle(&mut self, _: Queued, ctx: &mut Context<Self>) {
         self.write_soon(ctx);
     }
 }
@@ -451,7 +539,8 @@ impl Handler<RegisterLive> for EventStore {
 #[derive(Clone)]
 pub struct EventStoreHandle {
     store: Addr<EventStore>,
-    writer: Addr<WriterWorker>,
+    queue: Arc<AppendQueue>,
+    writer: Writer,
     readers: Addr<ReaderWorker>,
     config: Arc<EventStoreConfig>,
     end: Arc<AtomicU64>,
@@ -493,17 +582,7 @@ impl EventStoreHandle {
 
     /// Appends a prepared request (keep it to retry idempotently).
     pub async fn append_request(&self, request: AppendRequest) -> Result<AppendResult, AppendError> {
-        let (reply, answer) = oneshot::channel();
-        let sent = match self.store.try_send(AppendWithReply { request, reply }) {
-            Ok(()) => Ok(()),
-            // A full mailbox: wait for room, as `send` would.
-            Err(SendError::Full(msg)) => self.store.send(msg).await,
-            Err(SendError::Closed(_)) => Err(MailboxError::Closed),
-        };
-        match sent {
-            Ok(()) => answered(answer).await,
-            Err(e) => Err(AppendError::Store(e.into())),
-        }
+        enqueue(&self.queue, &self.store, request).await
     }
 
     pub(crate) async fn read<R: Send + 'static>(
@@ -517,7 +596,7 @@ impl EventStoreHandle {
         &self,
         f: impl FnOnce(&mut dyn crate::store::EventWriter) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.writer.send(WriteOp(Box::new(f))).await?
+        self.writer.call(f).await
     }
 
     /// Up to `max` events of `stream`, forward from version `from` or

@@ -367,7 +367,13 @@ impl SqliteWriter {
         if super::event_log::validate_stream_name(&req.stream).is_err() {
             return Ok(None);
         }
-        let known = find_stream(tx, &req.stream)?;
+        // Most streams the writer does not remember are new ones: one
+        // statement gives such a stream its id, where a lookup that found
+        // nothing and then the insert took two.
+        let known = match Self::add_stream(tx, req)? {
+            Some(id) => Some(KnownStream { id, version: None }),
+            None => find_stream(tx, &req.stream)?,
+        };
         let Ok(AppendPlan::Write { first_version }) = plan_append(req, known.and_then(|s| s.version), &[]) else {
             return Ok(None);
         };
@@ -383,6 +389,20 @@ impl SqliteWriter {
         let version = first_version + req.events.len() as u64 - 1;
         remember(streams, &req.stream, KnownStream { id, version: Some(version) });
         Ok(Some((id, first_version)))
+    }
+
+    /// The id of a new row of `streams` for `req`'s stream (whose name is
+    /// valid), if the stream has none yet and `req` would write to a new
+    /// stream (so that a refused append leaves no row behind); `None`
+    /// otherwise.
+    fn add_stream(tx: &Connection, req: &AppendRequest) -> Result<Option<i64>, StoreError> {
+        if !matches!(plan_valid_append(req, None, &[]), Ok(AppendPlan::Write { .. })) {
+            return Ok(None);
+        }
+        let added = tx
+            .prepare_cached("INSERT INTO streams (name) VALUES (?1) ON CONFLICT (name) DO NOTHING")?
+            .execute([&req.stream])?;
+        Ok((added == 1).then(|| tx.last_insert_rowid()))
     }
 
     /// Inserts the events of the run, answers its requests and empties it.
@@ -1094,6 +1114,32 @@ mod tests {
         let mut fresh = log.writer().unwrap();
         let more = AppendRequest::new("b", ExpectedVersion::Exact(0), vec![ev(3)]);
         assert_eq!(only(fresh.append_batch(vec![more]).unwrap()).unwrap().version, Some(1));
+    }
+
+    #[test]
+    fn a_stream_the_writer_does_not_remember_goes_on_and_a_refused_new_one_gets_no_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteEventLog::open(&DataDir::new(dir.path())).unwrap();
+        let first = AppendRequest::new("a", ExpectedVersion::Any, vec![ev(0)]);
+        only(log.writer().unwrap().append_batch(vec![first]).unwrap()).unwrap();
+        // A fresh writer remembers no stream: it tries `a` as a new one and
+        // finds its name taken.
+        let mut w = log.writer().unwrap();
+        let next = only(w.append_batch(vec![AppendRequest::new("a", ExpectedVersion::Any, vec![ev(1)])]).unwrap());
+        assert_eq!(next.unwrap().version, Some(1));
+        let refused =
+            only(w.append_batch(vec![AppendRequest::new("b", ExpectedVersion::StreamExists, vec![ev(2)])]).unwrap());
+        assert!(matches!(refused, Err(AppendError::WrongExpectedVersion { actual: None, .. })), "{refused:?}");
+        let conn = Connection::open(log.path()).unwrap();
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM streams")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(names, ["a"]);
+        assert_eq!(log.reader().unwrap().read_stream("a", 0, Direction::Forward, 10).unwrap().len(), 2);
     }
 
     #[test]
