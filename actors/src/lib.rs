@@ -59,6 +59,7 @@ pub mod registry;
 pub mod request_reply;
 pub mod saga;
 pub mod scatter_gather;
+mod signal;
 pub mod store;
 pub mod supervision;
 pub mod topic;

@@ -14,6 +14,7 @@ use super::subscription::{self, Subscription, SubscriptionTarget};
 use super::workers::{start_workers, ReadOp, ReaderWorker, Writer};
 use crate::envelope::Timestamp;
 use crate::metrics as m;
+use crate::signal::Signal;
 use crate::store::{
     AppendError, AppendOutcome, AppendRequest, AppendResult, Checkpoint, DataDir, Direction, EventLog, EventReader,
     ExpectedVersion, GroupCommit, MemoryEventLog, NewEvent, RecordedEvent, Snapshot, SqliteEventLog, StoreError,
@@ -67,15 +68,6 @@ impl Message for Append {
     type Result = Result<AppendResult, AppendError>;
 }
 
-/// Tells the actor that the append queue has appends and nobody is due to
-/// take them: sent by the first append after the actor found the queue
-/// empty, not by every append.
-struct Queued;
-
-impl Message for Queued {
-    type Result = ();
-}
-
 /// The appends on their way to the writer, shared by the handles and the
 /// actor. Appenders put their request here themselves instead of sending it
 /// through the actor's mailbox (a boxed envelope, a queue node and a poll of
@@ -87,13 +79,16 @@ struct AppendQueue {
     /// One permit per append from the moment it is queued until it is
     /// answered: appenders beyond [`queue_capacity`] wait for room.
     room: Arc<Semaphore>,
+    /// Tells the actor the queue has appends and nobody is due to take
+    /// them: raised by the first append after the actor found it empty.
+    queued: Signal,
 }
 
 struct QueueState {
     appends: Vec<(AppendRequest, Pending)>,
-    /// The actor will look at the queue without being told: a [`Queued`]
-    /// message is on its way, or a commit is in flight (its completion
-    /// takes the next batch). Cleared when the actor finds the queue empty.
+    /// The actor will look at the queue without being told: `queued` was
+    /// raised, or a commit is in flight (its completion takes the next
+    /// batch). Cleared when the actor finds the queue empty.
     due: bool,
     /// The actor is gone: appends are refused.
     closed: bool,
@@ -113,12 +108,8 @@ fn queue_capacity(config: &EventStoreConfig) -> usize {
 }
 
 /// Queues `request` (waiting for room if the queue is full) and waits for
-/// its answer. `store` is told only if nobody is due to look at the queue.
-async fn enqueue(
-    queue: &AppendQueue,
-    store: &Addr<EventStore>,
-    request: AppendRequest,
-) -> Result<AppendResult, AppendError> {
+/// its answer. The actor is told only if nobody is due to look at the queue.
+async fn enqueue(queue: &AppendQueue, request: AppendRequest) -> Result<AppendResult, AppendError> {
     let stopped = || AppendError::Store(StoreError::Unavailable("the event store stopped".into()));
     let room = match Arc::clone(&queue.room).try_acquire_owned() {
         Ok(room) => room,
@@ -135,14 +126,7 @@ async fn enqueue(
         !std::mem::replace(&mut q.due, true)
     };
     if tell {
-        match store.try_send(Queued) {
-            Ok(()) => {}
-            // Only one `Queued` is ever in flight: it may pass the limit.
-            Err(SendError::Full(msg)) => store.do_send(msg),
-            // The actor is stopping: dropping it closes the queue and
-            // answers every append in it.
-            Err(SendError::Closed(_)) => {}
-        }
+        queue.queued.raise();
     }
     answered(answer).await
 }
@@ -267,6 +251,7 @@ impl EventStore {
         let queue = Arc::new(AppendQueue {
             state: Mutex::new(QueueState { appends: Vec::new(), due: false, closed: false }),
             room: Arc::new(Semaphore::new(queue_capacity(&config))),
+            queued: Signal::default(),
         });
         let actor = EventStore {
             config: Arc::clone(&config),
@@ -281,7 +266,11 @@ impl EventStore {
             fallbacks: Arc::clone(&fallbacks),
             metrics: Arc::new(Metrics::new(&config.name)),
         };
-        let store = actor.start();
+        let queued = queue.queued.stream();
+        let store = EventStore::create(|ctx| {
+            ctx.add_stream(queued);
+            actor
+        });
         Ok(EventStoreHandle { store, queue, writer, readers, config, end, fallbacks })
     }
 
@@ -501,17 +490,20 @@ impl Drop for EventStore {
 impl Handler<Append> for EventStore {
     type Result = ResponseFuture<Result<AppendResult, AppendError>>;
 
-    fn handle(&mut self, Append(request): Append, ctx: &mut Context<Self>) -> Self::Result {
-        let (queue, store) = (Arc::clone(&self.queue), ctx.address());
-        Box::pin(async move { enqueue(&queue, &store, request).await })
+    fn handle(&mut self, Append(request): Append, _: &mut Context<Self>) -> Self::Result {
+        let queue = Arc::clone(&self.queue);
+        Box::pin(async move { enqueue(&queue, request).await })
     }
 }
 
-impl Handler<Queued> for EventStore {
-    type Result = ();
-
-    fn handle(&mut self, _: Queued, ctx: &mut Context<Self>) {
+/// The append queue's signal: appends wait and nobody was due to look.
+impl StreamHandler<()> for EventStore {
+    fn handle(&mut self, (): (), ctx: &mut Context<Self>) {
         self.write_soon(ctx);
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // The signal's stream never ends.
     }
 }
 
@@ -582,7 +574,7 @@ impl EventStoreHandle {
 
     /// Appends a prepared request (keep it to retry idempotently).
     pub async fn append_request(&self, request: AppendRequest) -> Result<AppendResult, AppendError> {
-        enqueue(&self.queue, &self.store, request).await
+        enqueue(&self.queue, request).await
     }
 
     pub(crate) async fn read<R: Send + 'static>(

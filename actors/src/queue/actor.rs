@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::core::{Core, Effects, Inner, Letter, Loaded};
 use super::handle::{Body, ClaimSide, Codec, QueueHandle, Shared, Stats, Typed};
@@ -24,6 +24,7 @@ use crate::dlq::{DeadLetter, DlqHandle, DlqSource, RedriveFuture};
 use crate::envelope::Envelope;
 use crate::error::FailureReason;
 use crate::metrics as m;
+use crate::signal::Signal;
 use crate::store::{GroupCommit, StoreError};
 
 /// A point-to-point queue (see the [module docs](super)). Start one with
@@ -126,7 +127,8 @@ where
                 }
             }
         }
-        let (poke, mut pokes) = mpsc::unbounded_channel::<()>();
+        let poke = Signal::default();
+        let pokes = poke.stream();
         let core = Core::new(config.clone(), Arc::clone(&shared), store.is_some(), next_row, permit_debt);
         let inner = Arc::new(Inner::new(Arc::clone(&shared), core, poke));
         // What was found is in the queue at once, before the actor first
@@ -138,7 +140,7 @@ where
         let actor_inner = Arc::clone(&inner);
         let tick = config.tick;
         let create = move |ctx: &mut Context<Self>| {
-            ctx.add_stream(futures::stream::poll_fn(move |cx| pokes.poll_recv(cx)));
+            ctx.add_stream(pokes);
             ctx.run_interval(tick, |act, ctx| {
                 act.inner.with(|core| {
                     core.stamp();
@@ -329,7 +331,7 @@ where
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {
-        // The core holds the sender: never while the actor runs.
+        // The signal's stream never ends.
     }
 }
 

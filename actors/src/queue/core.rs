@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::handle::{Body, Committed, Handed, Incoming, Link, Settle, Settles, Shared, Source};
 use super::ready::{Entry, Key, Ready};
@@ -39,6 +39,7 @@ use crate::dlq::{DeadLetter, DlqSource, FailureRecord};
 use crate::envelope::{MessageId, Timestamp};
 use crate::error::FailureReason;
 use crate::metrics as m;
+use crate::signal::Signal;
 use crate::store::StoreError;
 
 /// Histogram samples a queue records per tick, at most (counters are exact).
@@ -302,7 +303,7 @@ pub(crate) struct Inner<T> {
     pub(crate) shared: Arc<Shared>,
     core: Mutex<Core<T>>,
     /// Wakes the actor to run the core's effects.
-    poke: mpsc::UnboundedSender<()>,
+    poke: Signal,
 }
 
 /// What to do once the lock is released.
@@ -312,7 +313,7 @@ struct After {
 }
 
 impl<T: QueueMessage> Inner<T> {
-    pub(crate) fn new(shared: Arc<Shared>, core: Core<T>, poke: mpsc::UnboundedSender<()>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, core: Core<T>, poke: Signal) -> Self {
         Inner { shared, core: Mutex::new(core), poke }
     }
 
@@ -343,8 +344,7 @@ impl<T: QueueMessage> Inner<T> {
             w.wake();
         }
         if after.poke {
-            // An actor that is gone has no effects to run.
-            let _ = self.poke.send(());
+            self.poke.raise();
         }
     }
 }
