@@ -420,8 +420,6 @@ pub(crate) struct Core<T> {
     /// plus what it found at start.
     permit_debt: u64,
     effects: Effects,
-    /// The actor was poked and has not taken the effects yet.
-    poked: bool,
     /// The actor stopped: no more sends or deliveries.
     closed: bool,
 }
@@ -464,7 +462,6 @@ impl<T: QueueMessage> Core<T> {
             next_row,
             permit_debt,
             effects: Effects::default(),
-            poked: false,
             closed: false,
         }
     }
@@ -501,7 +498,9 @@ impl<T: QueueMessage> Core<T> {
         }
         let closed = self.closed;
         let wake_some = self.waiting > 0 && (self.ready.len() > 0 || closed);
-        let poke = !self.poked && !self.effects.is_empty();
+        // Raised while effects wait; the signal keeps one wake-up however
+        // often.
+        let poke = !self.effects.is_empty();
         if !wake_some && !poke {
             return None;
         }
@@ -514,7 +513,6 @@ impl<T: QueueMessage> Core<T> {
             }
             self.waiting -= wake.len();
         }
-        self.poked |= poke;
         Some(After { wake, poke })
     }
 
@@ -541,7 +539,6 @@ impl<T: QueueMessage> Core<T> {
 
     /// The actor takes what it has to do.
     pub(crate) fn take_effects(&mut self) -> Effects {
-        self.poked = false;
         std::mem::take(&mut self.effects)
     }
 
@@ -557,15 +554,19 @@ impl<T: QueueMessage> Core<T> {
 
     /// Counts a ticket coming into (`in_ = true`) or leaving the queue.
     fn count_ticket(&self, body: &Body<T>, in_: bool) {
-        if let Body::Claimed(t) = body {
-            let stats = &self.shared.stats;
-            if in_ {
-                stats.ticketed.fetch_add(1, Ordering::Relaxed);
-                stats.ticketed_bytes.fetch_add(t.size, Ordering::Relaxed);
-            } else {
-                stats.ticketed.fetch_sub(1, Ordering::Relaxed);
-                stats.ticketed_bytes.fetch_sub(t.size, Ordering::Relaxed);
-            }
+        if let Some(t) = body.ticket() {
+            self.count(t, in_);
+        }
+    }
+
+    fn count(&self, t: &Ticket, in_: bool) {
+        let stats = &self.shared.stats;
+        if in_ {
+            stats.ticketed.fetch_add(1, Ordering::Relaxed);
+            stats.ticketed_bytes.fetch_add(t.size, Ordering::Relaxed);
+        } else {
+            stats.ticketed.fetch_sub(1, Ordering::Relaxed);
+            stats.ticketed_bytes.fetch_sub(t.size, Ordering::Relaxed);
         }
     }
 
@@ -582,9 +583,7 @@ impl<T: QueueMessage> Core<T> {
     /// in between brings the message back, and it must still be claimable.
     fn leave(&mut self, seq: u64, ticket: Option<Ticket>) {
         if let Some(ticket) = ticket {
-            let stats = &self.shared.stats;
-            stats.ticketed.fetch_sub(1, Ordering::Relaxed);
-            stats.ticketed_bytes.fetch_sub(ticket.size, Ordering::Relaxed);
+            self.count(&ticket, false);
             if self.durable && seq > 0 {
                 self.release_after_commit.push(ticket);
             } else {
