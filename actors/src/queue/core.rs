@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::handle::{Body, Committed, Handed, Incoming, Link, Settle, Settles, Shared, Source};
-use super::ready::{Entry, Key, Ready};
+use super::ready::{Entry, Key, Ready, Slot as Held};
 use super::store::{QueueBatch, StoredBody, StoredMessage};
 use super::{QueueConfig, QueueError, QueueMessage};
 use crate::backpressure::OverflowPolicy;
@@ -77,10 +77,9 @@ pub(crate) enum Loaded<T> {
     Undecodable(u64, DeadLetter),
 }
 
-/// Not boxed: an entry is copied into the table once, which costs less
-/// than a box per delivery.
-struct InFlight<T> {
-    entry: Entry<T>,
+/// A delivery: its message stays where it lies in the ready set's slots.
+struct InFlight {
+    held: Held,
     consumer: u64,
     due_us: u64,
     delivered_us: u64,
@@ -209,14 +208,14 @@ pub(crate) struct Write<T> {
 /// a slot keeps the receipt of the delivery it holds, so a settle that
 /// comes after its slot was reused (a stale one) finds another receipt there
 /// and touches nothing.
-struct InFlightTable<T> {
-    slots: Vec<Option<(u64, InFlight<T>)>>,
+struct InFlightTable {
+    slots: Vec<Option<(u64, InFlight)>>,
     free: Vec<u32>,
     len: usize,
     delivered: u64,
 }
 
-impl<T> InFlightTable<T> {
+impl InFlightTable {
     fn new() -> Self {
         InFlightTable { slots: Vec::new(), free: Vec::new(), len: 0, delivered: 0 }
     }
@@ -225,9 +224,9 @@ impl<T> InFlightTable<T> {
         self.len
     }
 
-    /// Adds a delivery; gives its receipt and where it now lies.
+    /// Adds a delivery; gives its receipt.
     #[inline(always)]
-    fn insert(&mut self, delivery: InFlight<T>) -> (u64, &InFlight<T>) {
+    fn insert(&mut self, delivery: InFlight) -> u64 {
         self.delivered += 1;
         let index = match self.free.pop() {
             Some(i) => i,
@@ -241,15 +240,15 @@ impl<T> InFlightTable<T> {
         };
         let receipt = (self.delivered << 32) | u64::from(index);
         self.len += 1;
-        let (_, delivery) = self.slots[index as usize].insert((receipt, delivery));
-        (receipt, delivery)
+        self.slots[index as usize] = Some((receipt, delivery));
+        receipt
     }
 
     pub(crate) fn slot(receipt: u64) -> usize {
         (receipt & u64::from(u32::MAX)) as usize
     }
 
-    fn get(&self, receipt: u64) -> Option<&InFlight<T>> {
+    fn get(&self, receipt: u64) -> Option<&InFlight> {
         match self.slots.get(Self::slot(receipt))? {
             Some((r, f)) if *r == receipt => Some(f),
             _ => None,
@@ -260,31 +259,10 @@ impl<T> InFlightTable<T> {
         self.get(receipt).is_some()
     }
 
-    /// The delivery of `receipt`, in place; `None` when it is not in flight
-    /// any more (settled, timed out: its slot may hold a newer one).
-    #[inline(always)]
-    fn slot_mut(&mut self, receipt: u64) -> Option<&mut InFlight<T>> {
-        match self.slots.get_mut(Self::slot(receipt))? {
-            Some((r, f)) if *r == receipt => Some(f),
-            _ => None,
-        }
-    }
-
-    /// Drops the delivery of `receipt` where it lies (see `slot_mut`).
-    #[inline(always)]
-    fn free(&mut self, receipt: u64) {
-        let index = Self::slot(receipt);
-        if let Some(slot) = self.slots.get_mut(index).filter(|s| s.is_some()) {
-            *slot = None;
-            self.free.push(index as u32);
-            self.len -= 1;
-        }
-    }
-
     /// Takes the delivery of `receipt` out; `None` when it is not in flight
     /// any more (settled, timed out: its slot may hold a newer one).
     #[inline(always)]
-    fn remove(&mut self, receipt: u64) -> Option<InFlight<T>> {
+    fn remove(&mut self, receipt: u64) -> Option<InFlight> {
         let index = Self::slot(receipt);
         let slot = self.slots.get_mut(index)?;
         if !matches!(slot, Some((r, _)) if *r == receipt) {
@@ -380,7 +358,7 @@ pub(crate) struct Core<T> {
     shared: Arc<Shared>,
     source: DlqSource,
     ready: Ready<Body<T>>,
-    in_flight: InFlightTable<Body<T>>,
+    in_flight: InFlightTable,
     /// Receipts in delivery order, which is visibility-timeout order (the
     /// timeout is the same for every delivery). Settled receipts are
     /// skipped when they reach the front, and swept out when they pile up
@@ -840,24 +818,29 @@ impl<T: QueueMessage> Core<T> {
             limit = limit.min(self.ready.len().div_ceil(others + 1).max(1));
         }
         while out.len() - before < limit {
-            let Some((entry, key)) = self.ready.pop(now) else { break };
+            let Some((held, key)) = self.ready.pop(now) else { break };
+            let Some(entry) = self.ready.get(held) else {
+                self.release(key);
+                continue;
+            };
             if entry.env.deadline.is_some() && entry.env.is_expired() {
-                bump(&self.metrics.expired, &self.shared.stats.expired);
-                self.dead_letter(Box::new(entry), FailureReason::Expired, true);
+                if let Some(entry) = self.ready.take(held) {
+                    bump(&self.metrics.expired, &self.shared.stats.expired);
+                    self.dead_letter(Box::new(entry), FailureReason::Expired, true);
+                }
                 self.release(key);
                 continue;
             }
+            let (seq, attempt, enqueued_us) = (entry.seq, entry.env.attempt, entry.enqueued_us);
+            let due_us = now.saturating_add(self.visibility_us);
+            let receipt = self.in_flight.insert(InFlight { held, consumer, due_us, delivered_us: now, key });
+            let slot = &mut self.consumers[idx];
+            out.push_back(Handed::of(&entry.env, receipt, &slot.link));
+            slot.outstanding += 1;
             if self.sample() {
-                let waited = now.saturating_sub(entry.enqueued_us);
+                let waited = now.saturating_sub(enqueued_us);
                 self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
             }
-            let (seq, attempt) = (entry.seq, entry.env.attempt);
-            let due_us = now.saturating_add(self.visibility_us);
-            let delivery = InFlight { entry, consumer, due_us, delivered_us: now, key };
-            let (receipt, delivery) = self.in_flight.insert(delivery);
-            let slot = &mut self.consumers[idx];
-            out.push_back(Handed::of(&delivery.entry.env, receipt, &slot.link));
-            slot.outstanding += 1;
             self.counts.delivered += 1;
             self.deadlines.push_back(receipt);
             // Recorded before the handler can crash the process, so
@@ -1008,7 +991,9 @@ impl<T: QueueMessage> Core<T> {
             let Some(f) = self.in_flight.remove(receipt) else { continue };
             self.timed_out.insert(receipt, f.consumer);
             bump(&self.metrics.timeouts, &self.shared.stats.timeouts);
-            self.fail(Box::new(f.entry), f.key, FailureReason::Timeout, None);
+            if let Some(entry) = self.ready.take(f.held) {
+                self.fail(Box::new(entry), f.key, FailureReason::Timeout, None);
+            }
         }
         if self.deadlines.len() > 2 * self.in_flight.len() + 1024 {
             let live = &self.in_flight;
@@ -1098,53 +1083,57 @@ impl<T: QueueMessage> Core<T> {
             return self.stale(receipt);
         };
         self.credit_back(f.consumer);
+        if let Settle::Release(_) = settle {
+            // Never seen by a handler: the attempt does not count. It goes
+            // back where it lies.
+            if let Some(entry) = self.ready.get(f.held) {
+                let (seq, attempt) = (entry.seq, entry.env.attempt);
+                self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)));
+                self.ready.requeue(f.held);
+            }
+            return self.release(f.key);
+        }
+        let Some(entry) = self.ready.take(f.held).map(Box::new) else {
+            return self.release(f.key);
+        };
         match settle {
             Settle::Nack { reason, delay, .. } => {
                 bump(&self.metrics.nacked, &self.shared.stats.nacked);
-                self.fail(Box::new(f.entry), f.key, reason, delay);
+                return self.fail(entry, f.key, reason, delay);
             }
             Settle::Reject { reason, .. } => {
-                let attempt = f.entry.env.attempt;
-                self.histories.entry(f.entry.env.id).or_default().push(FailureRecord::now(attempt, &reason));
-                self.dead_letter(Box::new(f.entry), reason, true);
-                self.release(f.key);
+                self.histories.entry(entry.env.id).or_default().push(FailureRecord::now(entry.env.attempt, &reason));
+                self.dead_letter(entry, reason, true);
             }
             Settle::Expired(_) => {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
-                self.dead_letter(Box::new(f.entry), FailureReason::Expired, true);
-                self.release(f.key);
+                self.dead_letter(entry, FailureReason::Expired, true);
             }
             Settle::Unclaimable { reason, .. } => {
                 bump(&self.metrics.claim_failures, &self.shared.stats.claim_failures);
-                let attempt = f.entry.env.attempt;
-                self.histories.entry(f.entry.env.id).or_default().push(FailureRecord::now(attempt, &reason));
-                self.dead_letter(Box::new(f.entry), reason, true);
-                self.release(f.key);
+                self.histories.entry(entry.env.id).or_default().push(FailureRecord::now(entry.env.attempt, &reason));
+                self.dead_letter(entry, reason, true);
             }
-            Settle::Release(_) => {
-                // Never seen by a handler: the attempt does not count.
-                let (seq, attempt) = (f.entry.seq, f.entry.env.attempt);
-                self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)));
-                self.requeue_front(f.entry, f.key);
-            }
-            Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) => {}
+            Settle::Release(_) | Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) => {}
         }
+        self.release(f.key);
     }
 
     /// An ack: the settle of nearly every delivery, on its own path (not
-    /// through the matching of a whole `Settle` that the others need), and
-    /// in place: the delivery is dropped where it lies, not moved out first.
+    /// through the matching of a whole `Settle` that the others need); the
+    /// message is dropped in the slot it has held since its send.
     pub(crate) fn ack(&mut self, receipt: u64) {
-        let Some(slot) = self.in_flight.slot_mut(receipt) else {
+        let Some(InFlight { held, consumer, delivered_us, key, .. }) = self.in_flight.remove(receipt) else {
             return self.stale(receipt);
         };
-        let (consumer, delivered_us, seq, key) = (slot.consumer, slot.delivered_us, slot.entry.seq, slot.key.take());
-        let ticket = slot.entry.env.payload.ticket().copied();
-        if !self.histories.is_empty() {
-            let id = slot.entry.env.id;
-            self.histories.remove(&id);
-        }
-        self.in_flight.free(receipt);
+        let histories = &mut self.histories;
+        let read = self.ready.discard(held, |entry| {
+            if !histories.is_empty() {
+                histories.remove(&entry.env.id);
+            }
+            (entry.seq, entry.env.payload.ticket().copied())
+        });
+        let (seq, ticket) = read.unwrap_or_default();
         self.credit_back(consumer);
         self.counts.acked += 1;
         if self.sample() {
@@ -1178,5 +1167,5 @@ impl<T: QueueMessage> Core<T> {
 
 #[cfg(test)]
 pub(crate) fn slot_of(receipt: u64) -> usize {
-    InFlightTable::<()>::slot(receipt)
+    InFlightTable::slot(receipt)
 }

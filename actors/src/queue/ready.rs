@@ -1,5 +1,12 @@
-//! The messages ready for delivery: FIFO, by priority level with aging, or
-//! by partition key.
+//! The messages a queue holds, and the order the ready ones go in: FIFO, by
+//! priority level with aging, or by partition key.
+//!
+//! A message is written once, into a slot, when it becomes ready, and stays
+//! in that slot until it leaves the queue (acked, dead-lettered, dropped):
+//! the ready order and the deliveries in flight refer to it by its slot's
+//! index. A delivery therefore copies nothing out of the ready set and an
+//! ack drops the message where it lies; the order lists stay small (an
+//! index a message) and cache-friendly however large the messages.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,28 +25,37 @@ pub(crate) struct Entry<T> {
 /// Partition key of a message.
 pub(crate) type Key = Arc<str>;
 
-struct Partitions<T> {
+/// A message's slot in [`Ready`].
+pub(crate) type Slot = u32;
+
+struct Partitions {
     header: String,
-    groups: HashMap<Key, VecDeque<Entry<T>>>,
+    groups: HashMap<Key, VecDeque<Slot>>,
     /// Keys with waiting messages and nothing in flight, in turn order.
     /// May hold keys that became busy or empty since; they are skipped.
     runnable: VecDeque<Key>,
     busy: HashSet<Key>,
 }
 
-/// The ready set.
+/// The messages held and the ready set's order (see the [module docs](self)).
 pub(crate) struct Ready<T> {
+    /// Every message held, ready or taken (in flight); `None` is free.
+    slots: Vec<Option<Entry<T>>>,
+    free: Vec<Slot>,
     /// Plain and partitioned queues use level 0 only.
-    levels: [VecDeque<Entry<T>>; 10],
+    levels: [VecDeque<Slot>; 10],
     priority: bool,
     aging_us: Option<u64>,
-    partitions: Option<Partitions<T>>,
+    partitions: Option<Partitions>,
+    /// Messages ready (queued in `levels` or `partitions`).
     len: usize,
 }
 
 impl<T> Ready<T> {
     pub(crate) fn new(priority: bool, aging_us: Option<u64>, partition_header: Option<String>) -> Self {
         Ready {
+            slots: Vec::new(),
+            free: Vec::new(),
             levels: Default::default(),
             priority,
             aging_us: aging_us.filter(|a| *a > 0),
@@ -53,8 +69,54 @@ impl<T> Ready<T> {
         }
     }
 
+    /// Messages ready for delivery.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The message in `slot`, ready or taken.
+    #[inline(always)]
+    pub(crate) fn get(&self, slot: Slot) -> Option<&Entry<T>> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// Removes a taken message (see [`pop`](Self::pop)) for good: it
+    /// leaves the queue, or moves on (a delayed retry, the DLQ).
+    #[inline(always)]
+    pub(crate) fn take(&mut self, slot: Slot) -> Option<Entry<T>> {
+        let entry = self.slots.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
+        Some(entry)
+    }
+
+    /// Drops a taken message where it lies (an ack: nothing of it is
+    /// needed but what `read` gives, and moving it out first would read all
+    /// of it).
+    #[inline(always)]
+    pub(crate) fn discard<R>(&mut self, slot: Slot, read: impl FnOnce(&Entry<T>) -> R) -> Option<R> {
+        let held = self.slots.get_mut(slot as usize)?;
+        let r = read(held.as_ref()?);
+        *held = None;
+        self.free.push(slot);
+        Some(r)
+    }
+
+    /// Writes `entry` into a free slot.
+    #[inline(always)]
+    fn hold(&mut self, entry: Entry<T>) -> Slot {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                // More than 2^32 messages held at once is beyond any
+                // queue's capacity (every message holds a place).
+                let slot = Slot::try_from(self.slots.len()).unwrap_or(Slot::MAX);
+                self.slots.push(Some(entry));
+                slot
+            }
+        }
     }
 
     fn level(&self, env: &Envelope<T>) -> usize {
@@ -75,34 +137,40 @@ impl<T> Ready<T> {
     /// Adds a new message at the back.
     #[inline(always)]
     pub(crate) fn push_back(&mut self, entry: Entry<T>) {
+        let (level, key) = (self.level(&entry.env), self.key_of(&entry.env));
+        let slot = self.hold(entry);
         self.len += 1;
-        if let Some(key) = self.key_of(&entry.env) {
-            if let Some(p) = self.partitions.as_mut() {
-                let group = p.groups.entry(key.clone()).or_default();
-                let was_empty = group.is_empty();
-                group.push_back(entry);
-                if was_empty && !p.busy.contains(&key) {
-                    p.runnable.push_back(key);
-                }
-                return;
+        if let (Some(key), Some(p)) = (key, self.partitions.as_mut()) {
+            let group = p.groups.entry(key.clone()).or_default();
+            let was_empty = group.is_empty();
+            group.push_back(slot);
+            if was_empty && !p.busy.contains(&key) {
+                p.runnable.push_back(key);
             }
+            return;
         }
-        let level = self.level(&entry.env);
-        self.levels[level].push_back(entry);
+        self.levels[level].push_back(slot);
     }
 
     /// Puts a message back at the front (a redelivery). For a keyed message,
     /// the caller then releases the key.
     pub(crate) fn push_front(&mut self, entry: Entry<T>) {
+        let slot = self.hold(entry);
+        self.requeue(slot);
+    }
+
+    /// Puts a taken message back at the front, where it lies (a delivery
+    /// given back unseen). For a keyed message, the caller then releases
+    /// the key.
+    pub(crate) fn requeue(&mut self, slot: Slot) {
+        let Some(entry) = self.get(slot) else { return };
+        let (level, key) = (self.level(&entry.env), self.key_of(&entry.env));
         self.len += 1;
-        if let Some(key) = self.key_of(&entry.env) {
-            if let Some(p) = self.partitions.as_mut() {
-                p.groups.entry(key).or_default().push_front(entry);
-                return;
-            }
+        if let (Some(key), Some(p)) = (key, self.partitions.as_mut()) {
+            p.groups.entry(key).or_default().push_front(slot);
+            return;
         }
-        let level = self.level(&entry.env);
-        self.levels[level].push_front(entry);
+        self.levels[level].push_front(slot);
     }
 
     /// The key's message in flight is settled: its next message may go.
@@ -115,6 +183,11 @@ impl<T> Ready<T> {
         }
     }
 
+    /// When the message at the head of `queue` was enqueued.
+    fn enqueued(&self, queue: &VecDeque<Slot>) -> Option<u64> {
+        queue.front().and_then(|&s| self.get(s)).map(|e| e.enqueued_us)
+    }
+
     /// The level whose head goes next at `now_us`, with aging.
     fn next_level(&self, now_us: u64) -> Option<usize> {
         if !self.priority {
@@ -125,10 +198,10 @@ impl<T> Ready<T> {
         };
         let mut best: Option<(u64, std::cmp::Reverse<u64>, usize)> = None;
         for (level, q) in self.levels.iter().enumerate() {
-            let Some(head) = q.front() else { continue };
-            let lifted = now_us.saturating_sub(head.enqueued_us) / aging;
+            let Some(enqueued) = self.enqueued(q) else { continue };
+            let lifted = now_us.saturating_sub(enqueued) / aging;
             let effective = (level as u64).saturating_add(lifted).min(9);
-            let rank = (effective, std::cmp::Reverse(head.enqueued_us), level);
+            let rank = (effective, std::cmp::Reverse(enqueued), level);
             if best.is_none_or(|b| rank > b) {
                 best = Some(rank);
             }
@@ -136,106 +209,122 @@ impl<T> Ready<T> {
         best.map(|(_, _, level)| level)
     }
 
-    /// Takes the next message to deliver, with its key (now busy).
-    pub(crate) fn pop(&mut self, now_us: u64) -> Option<(Entry<T>, Option<Key>)> {
-        if let Some(p) = self.partitions.as_mut() {
-            // Skip keys that became busy or empty since they were queued.
-            while let Some(k) = p.runnable.front() {
-                if p.busy.contains(k) || p.groups.get(k).is_none_or(|g| g.is_empty()) {
-                    p.runnable.pop_front();
-                } else {
-                    break;
-                }
-            }
-            let keyed_head = p.runnable.front().and_then(|k| p.groups.get(k)).and_then(|g| g.front());
-            let plain_head = self.levels[0].front();
-            let take_keyed = match (keyed_head, plain_head) {
-                (Some(k), Some(u)) => k.enqueued_us <= u.enqueued_us,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if take_keyed {
-                let key = p.runnable.pop_front()?;
-                let group = p.groups.get_mut(&key)?;
-                let entry = group.pop_front()?;
-                if group.is_empty() {
-                    p.groups.remove(&key);
-                }
-                p.busy.insert(key.clone());
-                self.len -= 1;
-                return Some((entry, Some(key)));
+    /// Takes the next message to deliver out of the ready order, with its
+    /// key (now busy). It stays in its slot until [`take`](Self::take)n or
+    /// [`requeue`](Self::requeue)d.
+    #[inline]
+    pub(crate) fn pop(&mut self, now_us: u64) -> Option<(Slot, Option<Key>)> {
+        if !self.priority && self.partitions.is_none() {
+            let slot = self.levels[0].pop_front()?;
+            self.len -= 1;
+            return Some((slot, None));
+        }
+        if self.partitions.is_some() {
+            if let Some(keyed) = self.pop_keyed() {
+                return Some(keyed);
             }
         }
         let level = self.next_level(now_us)?;
-        let entry = self.levels[level].pop_front()?;
+        let slot = self.levels[level].pop_front()?;
         self.len -= 1;
-        Some((entry, None))
+        Some((slot, None))
+    }
+
+    /// The head of the next runnable key, when it is older than the head of
+    /// the unkeyed messages.
+    fn pop_keyed(&mut self) -> Option<(Slot, Option<Key>)> {
+        let p = self.partitions.as_mut()?;
+        // Skip keys that became busy or empty since they were queued.
+        while let Some(k) = p.runnable.front() {
+            if p.busy.contains(k) || p.groups.get(k).is_none_or(|g| g.is_empty()) {
+                p.runnable.pop_front();
+            } else {
+                break;
+            }
+        }
+        let p = self.partitions.as_ref()?;
+        let keyed = p.runnable.front().and_then(|k| p.groups.get(k)).and_then(|g| self.enqueued(g))?;
+        if self.enqueued(&self.levels[0]).is_some_and(|plain| plain < keyed) {
+            return None;
+        }
+        let p = self.partitions.as_mut()?;
+        let key = p.runnable.pop_front()?;
+        let group = p.groups.get_mut(&key)?;
+        let slot = group.pop_front()?;
+        if group.is_empty() {
+            p.groups.remove(&key);
+        }
+        p.busy.insert(key.clone());
+        self.len -= 1;
+        Some((slot, Some(key)))
     }
 
     /// Removes the message `id` wherever it waits (expiry of a message not
     /// at the head).
     pub(crate) fn remove(&mut self, id: MessageId) -> Option<(Entry<T>, Option<Key>)> {
-        for q in self.levels.iter_mut() {
-            if let Some(i) = q.iter().position(|e| e.env.id == id) {
-                self.len -= 1;
-                return q.remove(i).map(|e| (e, None));
+        let slots = &self.slots;
+        let is = |s: &Slot| slots.get(*s as usize).and_then(Option::as_ref).is_some_and(|e| e.env.id == id);
+        let found = self.levels.iter_mut().find_map(|q| {
+            let i = q.iter().position(is)?;
+            q.remove(i)
+        });
+        let (slot, key) = match found {
+            Some(slot) => (slot, None),
+            None => {
+                let p = self.partitions.as_mut()?;
+                let (key, i) = p.groups.iter().find_map(|(k, g)| g.iter().position(is).map(|i| (k.clone(), i)))?;
+                let group = p.groups.get_mut(&key)?;
+                let slot = group.remove(i)?;
+                if group.is_empty() {
+                    p.groups.remove(&key);
+                }
+                (slot, Some(key))
             }
-        }
-        let p = self.partitions.as_mut()?;
-        let (key, i) =
-            p.groups.iter().find_map(|(k, g)| g.iter().position(|e| e.env.id == id).map(|i| (k.clone(), i)))?;
-        let group = p.groups.get_mut(&key)?;
-        let entry = group.remove(i)?;
-        if group.is_empty() {
-            p.groups.remove(&key);
-        }
+        };
         self.len -= 1;
-        Some((entry, Some(key)))
+        Some((self.take(slot)?, key))
     }
 
-    /// Makes room for `incoming` (level `incoming_level`) by removing the
-    /// message that should go first: the oldest, or in priority mode the
-    /// oldest of the lowest level. `None` when the incoming message is itself
-    /// the one to drop (its level is below every stored one) or nothing is
-    /// stored.
+    /// Makes room for `incoming` by removing the message that should go
+    /// first: the oldest, or in priority mode the oldest of the lowest
+    /// level. `None` when the incoming message is itself the one to drop
+    /// (its level is below every stored one) or nothing is stored.
     pub(crate) fn evict_for(&mut self, incoming: &Envelope<T>) -> Option<Entry<T>> {
-        if self.priority {
+        let slot = if self.priority {
             let new_level = self.level(incoming);
             let lowest = (0..10).find(|&l| !self.levels[l].is_empty())?;
             if new_level < lowest {
                 return None;
             }
-            self.len -= 1;
-            return self.levels[lowest].pop_front();
-        }
-        let plain_head = self.levels[0].front().map(|e| e.enqueued_us);
-        let oldest_group = self.partitions.as_ref().and_then(|p| {
-            p.groups.iter().filter_map(|(k, g)| g.front().map(|e| (e.enqueued_us, k.clone()))).min_by_key(|(t, _)| *t)
-        });
-        let entry = match (plain_head, oldest_group) {
-            (Some(u), Some((k, _))) if u <= k => self.levels[0].pop_front(),
-            (Some(_), None) => self.levels[0].pop_front(),
-            (_, Some((_, key))) => {
-                let p = self.partitions.as_mut()?;
-                let group = p.groups.get_mut(&key)?;
-                let e = group.pop_front();
-                if group.is_empty() {
-                    p.groups.remove(&key);
+            self.levels[lowest].pop_front()?
+        } else {
+            let plain = self.enqueued(&self.levels[0]);
+            let oldest_group = self.partitions.as_ref().and_then(|p| {
+                p.groups.iter().filter_map(|(k, g)| self.enqueued(g).map(|t| (t, k.clone()))).min_by_key(|(t, _)| *t)
+            });
+            match (plain, oldest_group) {
+                (Some(u), Some((k, _))) if u <= k => self.levels[0].pop_front()?,
+                (Some(_), None) => self.levels[0].pop_front()?,
+                (_, Some((_, key))) => {
+                    let p = self.partitions.as_mut()?;
+                    let group = p.groups.get_mut(&key)?;
+                    let slot = group.pop_front()?;
+                    if group.is_empty() {
+                        p.groups.remove(&key);
+                    }
+                    slot
                 }
-                e
+                (None, None) => return None,
             }
-            (None, None) => None,
         };
-        if entry.is_some() {
-            self.len -= 1;
-        }
-        entry
+        self.len -= 1;
+        self.take(slot)
     }
 
-    /// Every stored message (for rebuilding the expiry index).
+    /// Every ready message (for rebuilding the expiry index).
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry<T>> {
         let groups = self.partitions.iter().flat_map(|p| p.groups.values().flatten());
-        self.levels.iter().flatten().chain(groups)
+        self.levels.iter().flatten().chain(groups).filter_map(|&s| self.get(s))
     }
 }
 
@@ -249,7 +338,7 @@ mod tests {
     }
 
     fn drain(r: &mut Ready<u64>, now: u64) -> Vec<u64> {
-        std::iter::from_fn(|| r.pop(now).map(|(e, _)| e.env.payload)).collect()
+        std::iter::from_fn(|| r.pop(now).and_then(|(s, _)| r.take(s)).map(|e| e.env.payload)).collect()
     }
 
     #[test]
@@ -288,12 +377,30 @@ mod tests {
         r.push_back(keyed("b", 3));
         r.push_back(entry(4, 4));
         let (first, key) = r.pop(10).unwrap();
-        assert_eq!((first.env.payload, key.as_deref()), (1, Some("a")));
+        assert_eq!((r.get(first).unwrap().env.payload, key.as_deref()), (1, Some("a")));
         // `a` is busy: b, then the unkeyed message, then nothing.
-        assert_eq!(r.pop(10).map(|(e, _)| e.env.payload), Some(3));
-        assert_eq!(r.pop(10).map(|(e, _)| e.env.payload), Some(4));
+        assert_eq!(r.pop(10).and_then(|(s, _)| r.take(s)).map(|e| e.env.payload), Some(3));
+        assert_eq!(r.pop(10).and_then(|(s, _)| r.take(s)).map(|e| e.env.payload), Some(4));
         assert!(r.pop(10).is_none());
         r.release(&Key::from("a"));
-        assert_eq!(r.pop(10).map(|(e, _)| e.env.payload), Some(2));
+        assert_eq!(r.pop(10).and_then(|(s, _)| r.take(s)).map(|e| e.env.payload), Some(2));
+    }
+
+    #[test]
+    fn a_taken_message_stays_in_its_slot_until_taken_or_requeued() {
+        let mut r = Ready::new(false, None, None);
+        r.push_back(entry(0, 1));
+        r.push_back(entry(0, 2));
+        let (first, _) = r.pop(10).unwrap();
+        assert_eq!((r.len(), r.get(first).map(|e| e.env.payload)), (1, Some(1)));
+        // Given back unseen: first again, from the same slot.
+        r.requeue(first);
+        assert_eq!(r.pop(10).map(|(s, _)| s), Some(first));
+        assert_eq!(r.take(first).map(|e| e.env.payload), Some(1));
+        assert!(r.get(first).is_none() && r.take(first).is_none(), "taken once");
+        // The freed slot holds the next message.
+        r.push_back(entry(0, 3));
+        assert_eq!(r.iter().map(|e| e.env.payload).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(drain(&mut r, 10), vec![2, 3]);
     }
 }
