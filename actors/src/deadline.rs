@@ -161,9 +161,16 @@ struct LocalTable {
 struct Slot {
     gen: u32,
     deadline: Instant,
-    /// `Some` while the deadline is pending.
+    /// The waker to wake at the deadline. Kept when the slot is freed: the
+    /// next registration is most often from the same task (a loop of
+    /// requests, an actor's), and a waker that would wake the same task is
+    /// not cloned again, which saves an atomic increment and decrement per
+    /// request. The reaper drops those left in free slots.
     waker: Option<Waker>,
+    /// Registered and not cancelled: its key is valid.
     in_use: bool,
+    /// Registered, and neither fired nor cancelled.
+    pending: bool,
 }
 
 enum LocalState {
@@ -206,15 +213,20 @@ fn register(deadline: Instant, waker: &Waker) -> Key {
         let idx = match t.free.pop() {
             Some(i) => i,
             None => {
-                t.slots.push(Slot { gen: 0, deadline, waker: None, in_use: false });
+                t.slots.push(Slot { gen: 0, deadline, waker: None, in_use: false, pending: false });
                 u32::try_from(t.slots.len() - 1).ok()?
             }
         };
         let slot = &mut t.slots[idx as usize];
         slot.gen = slot.gen.wrapping_add(1);
         slot.deadline = deadline;
-        slot.waker = Some(waker.clone());
+        match &mut slot.waker {
+            // `clone_from` clones only if the kept waker would wake another task.
+            Some(kept) => kept.clone_from(waker),
+            None => slot.waker = Some(waker.clone()),
+        }
         slot.in_use = true;
+        slot.pending = true;
         let key = Key::Local { table: t.id, idx, gen: slot.gen };
         if t.armed.is_none_or(|at| deadline < at) {
             t.armed = Some(deadline);
@@ -245,12 +257,15 @@ fn with_local_slot<R>(table: u64, idx: u32, gen: u32, f: impl FnOnce(&mut LocalT
 fn refresh(key: Key, waker: &Waker) -> bool {
     match key {
         Key::Global(k) => reaper().refresh(k, waker),
-        Key::Local { table, idx, gen } => with_local_slot(table, idx, gen, |t, i| match &mut t.slots[i].waker {
-            Some(w) => {
-                w.clone_from(waker);
-                true
+        Key::Local { table, idx, gen } => with_local_slot(table, idx, gen, |t, i| {
+            let slot = &mut t.slots[i];
+            match (slot.pending, &mut slot.waker) {
+                (true, Some(w)) => {
+                    w.clone_from(waker);
+                    true
+                }
+                _ => false,
             }
-            None => false,
         })
         // Polled on another thread than it registered on (a `Send` future
         // moved by a multi-threaded runtime): only the deadline check holds.
@@ -265,8 +280,8 @@ fn cancel(key: Key) {
             // From another thread, or after the runtime went away, there is
             // nothing to free: the slot dies with its table.
             let _ = with_local_slot(table, idx, gen, |t, i| {
-                t.slots[i].waker = None;
                 t.slots[i].in_use = false;
+                t.slots[i].pending = false;
                 t.free.push(idx);
             });
         }
@@ -289,8 +304,12 @@ impl Future for LocalReaper {
                 let LocalState::Table(t) = &mut *state else { return None };
                 let now = clock::now();
                 let mut next: Option<Instant> = None;
-                for slot in t.slots.iter_mut().filter(|s| s.waker.is_some()) {
-                    if slot.deadline <= now {
+                for slot in &mut t.slots {
+                    if !slot.pending {
+                        // Free: its kept waker has had its chance to be reused.
+                        slot.waker = None;
+                    } else if slot.deadline <= now {
+                        slot.pending = false;
                         due.extend(slot.waker.take());
                     } else {
                         next = Some(next.map_or(slot.deadline, |n| n.min(slot.deadline)));
@@ -436,5 +455,28 @@ mod tests {
                 assert_eq!(local_slots_in_use(), 0, "every slot was freed");
             });
         }
+    }
+
+    #[test]
+    fn a_freed_slot_reused_by_another_task_wakes_that_task() {
+        actix_rt::System::new().block_on(async {
+            // Task A registers and finishes early: its slot is freed with
+            // A's waker kept in it.
+            let a = actix_rt::spawn(async {
+                let quick = within(clock::now() + Duration::from_secs(60), futures::future::ready(1)).await;
+                let never = within(clock::now() + Duration::from_secs(60), futures::future::pending::<()>());
+                let _ = within(clock::now() + Duration::from_millis(5), never).await;
+                quick
+            });
+            assert_eq!(a.await.ok(), Some(Ok(1)));
+            // Task B takes that slot: its deadline must wake B, not A.
+            let b = actix_rt::spawn(async {
+                let at = clock::now() + Duration::from_millis(20);
+                (within(at, futures::future::pending::<()>()).await, clock::now() >= at)
+            });
+            let out = actix_rt::time::timeout(Duration::from_secs(2), b).await;
+            assert!(matches!(out, Ok(Ok((Err(Elapsed), true)))), "B timed out on time: {out:?}");
+            assert_eq!(local_slots_in_use(), 0);
+        });
     }
 }
