@@ -312,6 +312,14 @@ impl<R: Request> ServiceRef<R> {
     /// `Arc` by value and keeps it (for its errors) for the same reason: a
     /// clone is an atomic increment and decrement per request.
     pub fn ask(self: Arc<Self>, envelope: Envelope<R>, timeout: Duration) -> Reply<R> {
+        self.ask_from(clock::now(), envelope, timeout)
+    }
+
+    /// [`ask`](Self::ask) for an envelope created at `created` on the
+    /// monotonic clock (read together with its `created_at`, see
+    /// [`clock::wall_at`]): the request's time budget counts from there,
+    /// and a clock read per request is saved.
+    pub fn ask_from(self: Arc<Self>, created: Instant, envelope: Envelope<R>, timeout: Duration) -> Reply<R> {
         let done = Reply::ready;
         if self.closing.load(Ordering::Relaxed) {
             return done(Err(RequestError::ShuttingDown));
@@ -324,7 +332,7 @@ impl<R: Request> ServiceRef<R> {
         if budget.is_zero() {
             return done(Err(RequestError::Expired));
         }
-        let deadline = clock::now() + budget;
+        let deadline = created + budget;
         let (reply, response) = oneshot::channel();
         // Try first: the inbox almost always has room, and only a full one
         // under `block` needs the (boxed, deadline-bounded) waiting send.
