@@ -4,6 +4,7 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actorbus_actors::clock::{self, Instant};
 use actorbus_actors::envelope::{Envelope, Priority, Timestamp};
 use actorbus_actors::request_reply::{inherit_context, Reply, Request, RequestError, ServiceRef};
 
@@ -21,16 +22,21 @@ use actorbus_actors::request_reply::{inherit_context, Reply, Request, RequestErr
 pub struct RequestBuilder<R: Request> {
     target: Result<Arc<ServiceRef<R>>, RequestError>,
     envelope: Envelope<R>,
+    /// The envelope's creation on the monotonic clock, which the timeout
+    /// counts from (one clock read for both).
+    created: Instant,
     timeout: Duration,
 }
 
 impl<R: Request> RequestBuilder<R> {
     pub(crate) fn new(target: Result<Arc<ServiceRef<R>>, RequestError>, req: R, timeout: Duration) -> Self {
-        RequestBuilder { target, envelope: Envelope::new(req), timeout }
+        let created = clock::now();
+        RequestBuilder { target, envelope: Envelope::new_at(req, clock::wall_at(created)), created, timeout }
     }
 
-    /// How long to wait for the reply. The handler sees the same limit as
-    /// its deadline.
+    /// How long to wait for the reply, counted from when the request was
+    /// made (`request`), like its envelope's deadline: the handler sees the
+    /// same limit as its deadline.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -65,14 +71,14 @@ impl<R: Request> IntoFuture for RequestBuilder<R> {
     type IntoFuture = Reply<R>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let RequestBuilder { target, mut envelope, timeout } = self;
+        let RequestBuilder { target, mut envelope, created, timeout } = self;
         // Inside a handler, the request joins its conversation and inherits
         // its deadline.
         inherit_context(&mut envelope);
         let own_deadline = envelope.created_at.after(timeout);
         envelope.deadline = Some(envelope.deadline.map_or(own_deadline, |d| d.min(own_deadline)));
         match target {
-            Ok(service) => service.ask(envelope, timeout),
+            Ok(service) => service.ask_from(created, envelope, timeout),
             Err(e) => Reply::ready(Err(e)),
         }
     }

@@ -268,3 +268,33 @@ fn handlers_that_wait_then_answer_or_panic() {
     let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_test_writer().finish();
     tracing::subscriber::with_default(subscriber, || run("rr-flaky-traced"));
 }
+
+/// A closure handler that panics before it returns its future (in the
+/// synchronous part of a `service_fn`) is inside the panic boundary too, and
+/// sees its request's context there.
+#[actix_rt::test]
+async fn a_panic_before_the_handler_future_exists_is_caught() {
+    let bus = bus();
+    let built = Arc::new(AtomicUsize::new(0));
+    let b = built.clone();
+    bus.service("rr-eager", move || {
+        b.fetch_add(1, Ordering::SeqCst);
+        service_fn(|Sleep(n): Sleep, _cx| {
+            let seen = actorbus::actors::request_reply::current_context().map(|c| c.correlation_id);
+            if n == 0 {
+                panic!("no future for 0");
+            }
+            async move { Ok(u64::from(seen.is_some())) }
+        })
+    })
+    .start()
+    .await
+    .unwrap();
+    assert_eq!(bus.request("rr-eager", Sleep(1)).await, Ok(1), "the context is set while the closure runs");
+    assert_eq!(
+        bus.request("rr-eager", Sleep(0)).await,
+        Err(RequestError::Failed(FailureReason::Panic("no future for 0".into())))
+    );
+    assert_eq!(bus.request("rr-eager", Sleep(2)).await, Ok(1), "the service survived");
+    assert_eq!(built.load(Ordering::SeqCst), 2, "and its state was rebuilt");
+}

@@ -59,7 +59,15 @@ thread_local! {
 
 /// The current wall-clock time: see the [module docs](self).
 pub fn wall_now() -> Timestamp {
-    let now = now();
+    wall_at(now())
+}
+
+/// The wall-clock time at `now`, an [`Instant`] the caller has just read:
+/// for code that needs both clocks at one moment (a request's creation
+/// stamp and the instant its timeout counts from) at the cost of one
+/// counter read. `now` must be fresh: a stale one would anchor this
+/// thread's wall clock that much in the past when it is renewed.
+pub fn wall_at(now: Instant) -> Timestamp {
     let anchored = ANCHOR.with(|anchor| match anchor.get() {
         Some((at, micros)) => {
             let since = now.saturating_duration_since(at);

@@ -308,7 +308,13 @@ pub struct Envelope<T> {
 impl<T> Envelope<T> {
     /// A new message that starts its own conversation.
     pub fn new(payload: T) -> Self {
-        let created_at = Timestamp::now();
+        Self::new_at(payload, Timestamp::now())
+    }
+
+    /// A new message that starts its own conversation, stamped as created
+    /// at `created_at` (a time the caller has just read, for instance with
+    /// [`clock::wall_at`](crate::clock::wall_at)).
+    pub fn new_at(payload: T, created_at: Timestamp) -> Self {
         let id = MessageId::at(created_at);
         Envelope {
             id,
