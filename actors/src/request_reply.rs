@@ -42,7 +42,7 @@ use std::time::Duration;
 use actix::dev::SendError;
 use actix::prelude::*;
 use tokio::sync::{oneshot, Notify};
-use tracing::Instrument;
+use tracing::Span;
 
 use crate::backpressure::OverflowPolicy;
 use crate::clock::{self, Instant};
@@ -589,8 +589,9 @@ async fn run_handler<S: Service>(mut state: Box<S>, req: S::Request, cx: Request
 /// the function making them.
 trait WorkSlot<S: Service> {
     /// Makes the handler future of one request in the slot, dropping any
-    /// future left there.
-    fn start(&mut self, state: Box<S>, req: S::Request, cx: RequestContext, causation: Causation);
+    /// future left there. Its polls run in `causation`, and in `span` when
+    /// one is given.
+    fn start(&mut self, state: Box<S>, req: S::Request, cx: RequestContext, causation: Causation, span: Option<Span>);
 
     /// Polls the future in the slot, emptying the slot when it completes or
     /// panics; `None` if the slot is empty.
@@ -606,17 +607,21 @@ struct Slot<S: Service, F> {
     fut: Pin<Box<Option<F>>>,
     /// The context of the request in the slot.
     causation: Option<Causation>,
+    /// Its tracing span, when someone listens.
+    span: Option<Span>,
 }
 
 impl<S: Service, F: Future<Output = Handled<S>>> WorkSlot<S> for Slot<S, F> {
-    fn start(&mut self, state: Box<S>, req: S::Request, cx: RequestContext, causation: Causation) {
+    fn start(&mut self, state: Box<S>, req: S::Request, cx: RequestContext, causation: Causation, span: Option<Span>) {
         self.causation = Some(causation);
+        self.span = span;
         self.fut.set(Some((self.make)(state, req, cx)));
     }
 
     fn poll_work(&mut self, cx: &mut task::Context<'_>) -> Option<Poll<Done<S>>> {
         let fut = self.fut.as_mut().as_pin_mut()?;
         let polled = {
+            let _span = self.span.as_ref().map(Span::enter);
             let _current = self.causation.map(enter);
             // Whatever the future touched is dropped after a panic (the
             // state is rebuilt from its factory), never reused.
@@ -632,13 +637,14 @@ impl<S: Service, F: Future<Output = Handled<S>>> WorkSlot<S> for Slot<S, F> {
         // state it held: the slot is emptied at once.
         self.fut.set(None);
         self.causation = None;
+        self.span = None;
         Some(Poll::Ready(done))
     }
 }
 
 /// An empty slot for the futures `make` makes.
 fn new_slot<S: Service, F: Future<Output = Handled<S>> + 'static>(make: MakeWork<S, F>) -> Box<dyn WorkSlot<S>> {
-    Box::new(Slot { make, fut: Box::pin(None), causation: None })
+    Box::new(Slot { make, fut: Box::pin(None), causation: None, span: None })
 }
 
 /// The rest of a request whose handler did not finish at its first poll:
@@ -882,24 +888,12 @@ impl<S: Service> Handler<Ask<S::Request>> for ServiceActor<S> {
         // real waker, which every future must accept.
         let mut noop = task::Context::from_waker(Waker::noop());
         // A span costs to build even with no subscriber (the `log` bridge
-        // checks its level), and an enter and exit per poll: attach one only
-        // when someone listens. That rare case boxes its future.
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let span = tracing::debug_span!("request", service = %self.name, message_id = %meta_id, correlation_id = %correlation_id);
-            let work = panic::catch_async(in_context(causation, run_handler(state, req, cx)));
-            let mut work = Box::pin(work.instrument(span));
-            if let Poll::Ready(done) = work.as_mut().poll(&mut noop) {
-                self.record_latency(started);
-                self.finish(done, reply, ctx);
-                return;
-            }
-            ctx.wait(work.into_actor(self).map(move |done, act, ctx| {
-                act.record_latency(started);
-                act.finish(done, reply, ctx);
-            }));
-            return;
-        }
-        self.slot.start(state, req, cx, causation);
+        // checks its level), and an enter and exit per poll: made only when
+        // someone listens.
+        let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+            tracing::debug_span!("request", service = %self.name, message_id = %meta_id, correlation_id = %correlation_id)
+        });
+        self.slot.start(state, req, cx, causation, span);
         match self.slot.poll_work(&mut noop) {
             Some(Poll::Ready(done)) => {
                 self.record_latency(started);
