@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::core::{Core, Effects, Inner, Letter, Loaded};
 use super::handle::{Body, ClaimSide, Codec, QueueHandle, Shared, Stats, Typed};
-use super::ready::Entry;
+use super::ready::{Enqueued, Entry};
 use super::store::{QueueStore, StoredBody, StoredMessage};
 use super::{QueueConfig, QueueError, QueueMessage};
 use crate::claim_check::{ticket_in, ClaimCheck};
@@ -203,7 +203,7 @@ fn load<T: QueueMessage>(
             };
             let mut env = envelope.with_payload(body);
             env.attempt = delivered.saturating_add(1);
-            let entry = Box::new(Entry { env, enqueued_us: 0, seq });
+            let entry = Box::new(Entry { env, enqueued: Enqueued::UNSTAMPED, seq });
             if delivered >= config.max_deliveries {
                 Loaded::Exhausted(entry)
             } else {
@@ -503,6 +503,79 @@ mod tests {
             assert!(rx.await.unwrap(), "a closed consumer's recv did not end");
             arbiter.stop();
         });
+    }
+
+    /// Keeps what is recorded into the queue's histograms, by name.
+    #[derive(Default)]
+    struct Histograms(std::sync::Mutex<std::collections::HashMap<String, Arc<Recorded>>>);
+
+    #[derive(Default)]
+    struct Recorded(std::sync::Mutex<Vec<f64>>);
+
+    impl metrics::HistogramFn for Recorded {
+        fn record(&self, value: f64) {
+            self.0.lock().unwrap().push(value);
+        }
+    }
+
+    impl Histograms {
+        fn values(&self, name: &str) -> Vec<f64> {
+            self.0.lock().unwrap().get(name).map(|r| r.0.lock().unwrap().clone()).unwrap_or_default()
+        }
+    }
+
+    impl metrics::Recorder for Histograms {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+            let recorded = Arc::clone(self.0.lock().unwrap().entry(key.name().to_owned()).or_default());
+            metrics::Histogram::from_arc(recorded)
+        }
+    }
+
+    /// The time-in-queue samples are picked when enqueued: a backlog far
+    /// larger than a tick's samples still gives them all, each with its
+    /// own wait (not the queue's age), and at most a tick's worth.
+    #[test]
+    fn time_in_queue_samples_are_picked_at_enqueue_and_record_their_wait() {
+        for (name, partitioned) in [("sampled-plain", false), ("sampled-keyed", true)] {
+            let histograms = Histograms::default();
+            metrics::with_local_recorder(&histograms, || {
+                actix_rt::System::new().block_on(async {
+                    let config = QueueConfig {
+                        partition_header: partitioned.then(|| "k".to_owned()),
+                        capacity: 10_000,
+                        ..config(name, Duration::from_secs(3600))
+                    };
+                    let q = Queue::<u32>::start(config, DlqSink::in_memory()).unwrap();
+                    // The queue's age is then well above any message's wait.
+                    actix_rt::time::sleep(Duration::from_millis(300)).await;
+                    for i in 0..1_000 {
+                        let env = crate::envelope::Envelope::new(i).with_header("k", (i % 7).to_string());
+                        q.send_envelope(env).await.unwrap();
+                    }
+                    actix_rt::time::sleep(Duration::from_millis(20)).await;
+                    let mut c = q.consumer(64).await.unwrap();
+                    for _ in 0..1_000 {
+                        c.recv().await.unwrap().ack();
+                    }
+                    drop(c);
+                    until(|| q.stats().acked == 1_000).await;
+                });
+            });
+            let waits = histograms.values(m::QUEUE_TIME_IN_QUEUE);
+            assert_eq!(waits.len(), 128, "{name}: one tick's samples");
+            assert!(waits.iter().all(|w| (0.02..0.3).contains(w)), "{name}: {waits:?}");
+            let latencies = histograms.values(m::QUEUE_HANDLER_LATENCY);
+            assert_eq!(latencies.len(), 128, "{name}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::handle::{Body, Committed, Handed, Incoming, Link, Settle, Settles, Shared, Source};
-use super::ready::{Entry, Key, Ready, Slot as Held};
+use super::ready::{Enqueued, Entry, Key, Ready, Slot as Held};
 use super::store::{QueueBatch, StoredBody, StoredMessage};
 use super::{QueueConfig, QueueError, QueueMessage};
 use crate::backpressure::OverflowPolicy;
@@ -42,8 +42,10 @@ use crate::metrics as m;
 use crate::signal::Signal;
 use crate::store::StoreError;
 
-/// Histogram samples a queue records per tick, at most (counters are exact).
-const SAMPLES_PER_TICK: u32 = 256;
+/// Histogram samples a queue takes per tick, at most, for each of its two
+/// histograms (counters are exact): time in queue (messages picked as they
+/// are enqueued, recorded at their deliveries) and handler latency (acks).
+const SAMPLES_PER_TICK: u32 = 128;
 
 /// Counted messages after which a lock section publishes its counters (see
 /// `Core::finish`).
@@ -376,11 +378,17 @@ pub(crate) struct Core<T> {
     waiting: usize,
     next_seq: u64,
     epoch: clock::Instant,
-    /// The queue's clock (µs since `epoch`), read once per lock section.
+    /// The queue's clock (µs since `epoch`), read once per lock section;
+    /// a send reads it only when it stamps its message (see `wants_stamp`).
     now: u64,
     counts: Counts,
     visibility_us: u64,
-    samples_left: u32,
+    /// Messages still to pick as time-in-queue samples this tick.
+    queue_samples_left: u32,
+    /// Every message is stamped when enqueued (`Ready::needs_stamps`).
+    stamp_all: bool,
+    /// Acks still to sample for the handler latency this tick.
+    latency_samples_left: u32,
     metrics: Metrics,
     durable: bool,
     /// Durable queues: sends waiting for their commit, changes to stored
@@ -411,8 +419,10 @@ impl<T: QueueMessage> Core<T> {
         permit_debt: u64,
     ) -> Self {
         let aging_us = config.aging.map(|a| u64::try_from(a.as_micros()).unwrap_or(u64::MAX));
+        let ready = Ready::new(config.priority, aging_us, config.partition_header.clone());
         Core {
-            ready: Ready::new(config.priority, aging_us, config.partition_header.clone()),
+            stamp_all: ready.needs_stamps(),
+            ready,
             visibility_us: u64::try_from(config.visibility_timeout.as_micros()).unwrap_or(u64::MAX),
             metrics: Metrics::new(&config.name),
             source: DlqSource::queue(config.name.clone()),
@@ -430,7 +440,8 @@ impl<T: QueueMessage> Core<T> {
             epoch: clock::now(),
             now: 0,
             counts: Counts::default(),
-            samples_left: SAMPLES_PER_TICK,
+            queue_samples_left: SAMPLES_PER_TICK,
+            latency_samples_left: SAMPLES_PER_TICK,
             durable,
             pending: Vec::new(),
             ops: BTreeMap::new(),
@@ -450,9 +461,32 @@ impl<T: QueueMessage> Core<T> {
         self.now = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     }
 
-    fn sample(&mut self) -> bool {
-        if self.samples_left > 0 {
-            self.samples_left -= 1;
+    /// True when a send must read the clock (`stamp`) before its message
+    /// is made ready: the message will be stamped (see `enqueued_now`).
+    /// Otherwise the send reads no clock at all.
+    #[inline(always)]
+    pub(crate) fn wants_stamp(&self) -> bool {
+        self.queue_samples_left > 0 || self.stamp_all
+    }
+
+    /// The stamp of a message made ready now: the first messages of each
+    /// tick are the time-in-queue samples (picked when enqueued, so that a
+    /// sample's wait is known however long it waits); the others are
+    /// stamped only when the ready order needs it.
+    #[inline(always)]
+    fn enqueued_now(&mut self) -> Enqueued {
+        let sample = self.queue_samples_left > 0;
+        if sample {
+            self.queue_samples_left -= 1;
+        } else if !self.stamp_all {
+            return Enqueued::UNSTAMPED;
+        }
+        Enqueued::at(self.now, sample)
+    }
+
+    fn sample_latency(&mut self) -> bool {
+        if self.latency_samples_left > 0 {
+            self.latency_samples_left -= 1;
             true
         } else {
             false
@@ -618,7 +652,7 @@ impl<T: QueueMessage> Core<T> {
     #[inline(always)]
     fn store(&mut self, mut entry: Entry<Body<T>>) {
         self.counts.enqueued += 1;
-        entry.enqueued_us = self.now;
+        entry.enqueued = self.enqueued_now();
         if let Some(deadline) = entry.env.deadline {
             if entry.env.is_expired_at(Timestamp::now()) {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
@@ -652,7 +686,7 @@ impl<T: QueueMessage> Core<T> {
             None => {
                 let Incoming { mut entry, stored } = incoming;
                 self.count_ticket(&entry.env.payload, true);
-                entry.enqueued_us = self.now;
+                entry.enqueued = Enqueued::at(self.now, false);
                 (Box::new(entry), None, stored.map(|s| s.1))
             }
         };
@@ -831,13 +865,13 @@ impl<T: QueueMessage> Core<T> {
                 self.release(key);
                 continue;
             }
-            let (seq, attempt, enqueued_us) = (entry.seq, entry.env.attempt, entry.enqueued_us);
+            let (seq, attempt, enqueued) = (entry.seq, entry.env.attempt, entry.enqueued);
             let due_us = now.saturating_add(self.visibility_us);
             let receipt = self.in_flight.insert(InFlight { held, consumer, due_us, delivered_us: now, key });
             let slot = &mut self.consumers[idx];
             out.push_back(Handed::of(&entry.env, receipt, &slot.link));
             slot.outstanding += 1;
-            if self.sample() {
+            if let Some(enqueued_us) = enqueued.sample() {
                 let waited = now.saturating_sub(enqueued_us);
                 self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
             }
@@ -1011,7 +1045,8 @@ impl<T: QueueMessage> Core<T> {
         if !self.ops.is_empty() {
             self.effects.write = true;
         }
-        self.samples_left = SAMPLES_PER_TICK;
+        self.queue_samples_left = SAMPLES_PER_TICK;
+        self.latency_samples_left = SAMPLES_PER_TICK;
         self.publish();
         self.metrics.depth.set((self.ready.len() + self.delayed.len()) as f64);
         self.metrics.in_flight.set(self.in_flight.len() as f64);
@@ -1136,7 +1171,7 @@ impl<T: QueueMessage> Core<T> {
         let (seq, ticket) = read.unwrap_or_default();
         self.credit_back(consumer);
         self.counts.acked += 1;
-        if self.sample() {
+        if self.sample_latency() {
             let took = self.now.saturating_sub(delivered_us);
             self.metrics.latency.record(Duration::from_micros(took).as_secs_f64());
         }

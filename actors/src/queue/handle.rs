@@ -13,7 +13,7 @@ use serde::{Serialize, Serializer};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::core::Inner;
-use super::ready::Entry;
+use super::ready::{Enqueued, Entry};
 use super::store::StoredBody;
 use super::{QueueError, QueueMessage};
 use crate::backpressure::OverflowPolicy;
@@ -362,13 +362,19 @@ impl<T: QueueMessage> QueueHandle<T> {
         }
         let Ok(permit) = self.shared.permits.try_acquire() else { return Err(envelope) };
         let id = envelope.id;
-        let incoming =
-            Incoming { entry: Entry { env: envelope.map(Body::Inline), enqueued_us: 0, seq: 0 }, stored: None };
+        let incoming = Incoming {
+            entry: Entry { env: envelope.map(Body::Inline), enqueued: Enqueued::UNSTAMPED, seq: 0 },
+            stored: None,
+        };
         let sent = self.inner.with(|core| {
             if core.is_closed() {
                 return false;
             }
-            core.stamp();
+            // Most sends stamp nothing (see `Core::wants_stamp`): no clock
+            // read for them.
+            if core.wants_stamp() {
+                core.stamp();
+            }
             core.accept(incoming);
             true
         });
@@ -434,7 +440,7 @@ impl<T: QueueMessage> QueueHandle<T> {
             }
             None => (None, None),
         };
-        let incoming = Incoming { entry: Entry { env, enqueued_us: 0, seq: 0 }, stored };
+        let incoming = Incoming { entry: Entry { env, enqueued: Enqueued::UNSTAMPED, seq: 0 }, stored };
         let sent = self.inner.with(|core| {
             if core.is_closed() {
                 return false;
@@ -506,7 +512,11 @@ impl<T: QueueMessage> QueueHandle<T> {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        self.inner.with(|core| core.flush(tx));
+        self.inner.with(|core| {
+            // The held acks it applies sample the latency.
+            core.stamp();
+            core.flush(tx);
+        });
         rx.await.map_err(|_| self.closed())
     }
 
