@@ -956,7 +956,9 @@ pub(crate) enum Handed<T> {
 
 impl<T: Clone> Handed<T> {
     /// A delivery of a copy of `env` (the queue keeps the original until
-    /// the delivery is settled).
+    /// the delivery is settled). Inlined: built where the queue's pull
+    /// pushes it, not in a frame of its own and copied there.
+    #[inline(always)]
     pub(crate) fn of(env: &Envelope<Body<T>>, receipt: u64, link: &Arc<Link>) -> Self {
         let link = Arc::clone(link);
         match &env.payload {
