@@ -630,8 +630,12 @@ impl<T> Consumer<T> {
     /// be claimed are dead-lettered here, never returned.
     pub async fn recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let handed = match self.fresh() {
-                Some(h) => h,
+            // Matched in place: what `fresh` gives lives in this statement
+            // only, not in the future's state across the awaits below (a
+            // delivery would be copied there and out again).
+            let (d, ticket) = match self.fresh() {
+                Some(Handed::Ready(d)) => return Some(d),
+                Some(Handed::Ticket(d, ticket)) => (d, ticket),
                 None => {
                     if self.closed {
                         return None;
@@ -645,10 +649,6 @@ impl<T> Consumer<T> {
                     }
                     continue;
                 }
-            };
-            let (d, ticket) = match handed {
-                Handed::Ready(d) => return Some(d),
-                Handed::Ticket(d, ticket) => (d, ticket),
             };
             let copy = *ticket;
             self.stash = Some(Handed::Ticket(d, ticket));
