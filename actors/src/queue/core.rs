@@ -80,12 +80,14 @@ pub(crate) enum Loaded<T> {
 }
 
 /// A delivery: its message stays where it lies in the ready set's slots.
+/// Plain data (its partition key, if any, is kept apart: see
+/// `InFlightTable`), so a slot is written and cleared without a drop. It
+/// times out `visibility_us` after `delivered_us`.
+#[derive(Clone, Copy, Default)]
 struct InFlight {
     held: Held,
     consumer: u64,
-    due_us: u64,
     delivered_us: u64,
-    key: Option<Key>,
 }
 
 struct Delayed<T> {
@@ -206,12 +208,15 @@ pub(crate) struct Write<T> {
 /// The deliveries in flight, by receipt: a slab (slots and a list of free
 /// ones) instead of a hash map, so a delivery and its settle each cost an
 /// index, not a hash and a probe. A receipt is the slot's index in its low 32
-/// bits and the queue's delivery number (its low 32 bits) in the high ones:
-/// a slot keeps the receipt of the delivery it holds, so a settle that
-/// comes after its slot was reused (a stale one) finds another receipt there
-/// and touches nothing.
+/// bits and the queue's delivery number (its low 32 bits, never 0) in the
+/// high ones: a slot keeps the receipt of the delivery it holds (0 when
+/// free), so a settle that comes after its slot was reused (a stale one)
+/// finds another receipt there and touches nothing.
 struct InFlightTable {
-    slots: Vec<Option<(u64, InFlight)>>,
+    slots: Vec<(u64, InFlight)>,
+    /// The partition keys of deliveries, by slot: only a partitioned
+    /// queue's keyed deliveries have one, and it stays empty otherwise.
+    keys: Vec<Option<Key>>,
     free: Vec<u32>,
     len: usize,
     delivered: u64,
@@ -219,7 +224,7 @@ struct InFlightTable {
 
 impl InFlightTable {
     fn new() -> Self {
-        InFlightTable { slots: Vec::new(), free: Vec::new(), len: 0, delivered: 0 }
+        InFlightTable { slots: Vec::new(), keys: Vec::new(), free: Vec::new(), len: 0, delivered: 0 }
     }
 
     fn len(&self) -> usize {
@@ -228,21 +233,32 @@ impl InFlightTable {
 
     /// Adds a delivery; gives its receipt.
     #[inline(always)]
-    fn insert(&mut self, delivery: InFlight) -> u64 {
+    fn insert(&mut self, delivery: InFlight, key: Option<Key>) -> u64 {
         self.delivered += 1;
+        if self.delivered as u32 == 0 {
+            // A receipt is never 0, the mark of a free slot.
+            self.delivered += 1;
+        }
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
                 // Past 2^32 deliveries in flight at once (a credit no queue
                 // gives) the index would not fit the receipt.
                 let i = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
-                self.slots.push(None);
+                self.slots.push((0, InFlight::default()));
                 i
             }
         };
         let receipt = (self.delivered << 32) | u64::from(index);
         self.len += 1;
-        self.slots[index as usize] = Some((receipt, delivery));
+        self.slots[index as usize] = (receipt, delivery);
+        if let Some(key) = key {
+            let index = index as usize;
+            if self.keys.len() <= index {
+                self.keys.resize(index + 1, None);
+            }
+            self.keys[index] = Some(key);
+        }
         receipt
     }
 
@@ -252,7 +268,7 @@ impl InFlightTable {
 
     fn get(&self, receipt: u64) -> Option<&InFlight> {
         match self.slots.get(Self::slot(receipt))? {
-            Some((r, f)) if *r == receipt => Some(f),
+            (r, f) if *r == receipt && receipt != 0 => Some(f),
             _ => None,
         }
     }
@@ -261,19 +277,21 @@ impl InFlightTable {
         self.get(receipt).is_some()
     }
 
-    /// Takes the delivery of `receipt` out; `None` when it is not in flight
-    /// any more (settled, timed out: its slot may hold a newer one).
+    /// Takes the delivery of `receipt` out, with its key; `None` when it is
+    /// not in flight any more (settled, timed out: its slot may hold a
+    /// newer one).
     #[inline(always)]
-    fn remove(&mut self, receipt: u64) -> Option<InFlight> {
+    fn remove(&mut self, receipt: u64) -> Option<(InFlight, Option<Key>)> {
         let index = Self::slot(receipt);
         let slot = self.slots.get_mut(index)?;
-        if !matches!(slot, Some((r, _)) if *r == receipt) {
+        if slot.0 != receipt || receipt == 0 {
             return None;
         }
-        let (_, delivery) = slot.take()?;
+        slot.0 = 0;
+        let delivery = slot.1;
         self.free.push(index as u32);
         self.len -= 1;
-        Some(delivery)
+        Some((delivery, self.keys.get_mut(index).and_then(Option::take)))
     }
 }
 
@@ -866,8 +884,7 @@ impl<T: QueueMessage> Core<T> {
                 continue;
             }
             let (seq, attempt, enqueued) = (entry.seq, entry.env.attempt, entry.enqueued);
-            let due_us = now.saturating_add(self.visibility_us);
-            let receipt = self.in_flight.insert(InFlight { held, consumer, due_us, delivered_us: now, key });
+            let receipt = self.in_flight.insert(InFlight { held, consumer, delivered_us: now }, key);
             let slot = &mut self.consumers[idx];
             out.push_back(Handed::of(&entry.env, receipt, &slot.link));
             slot.outstanding += 1;
@@ -1018,15 +1035,16 @@ impl<T: QueueMessage> Core<T> {
         // Visibility timeouts: the timeout is the same for every delivery, so
         // deliveries (keyed by receipt) time out in receipt order.
         while let Some(&receipt) = self.deadlines.front() {
-            if self.in_flight.get(receipt).is_some_and(|f| f.due_us > now) {
+            let visibility_us = self.visibility_us;
+            if self.in_flight.get(receipt).is_some_and(|f| f.delivered_us.saturating_add(visibility_us) > now) {
                 break;
             }
             self.deadlines.pop_front();
-            let Some(f) = self.in_flight.remove(receipt) else { continue };
+            let Some((f, key)) = self.in_flight.remove(receipt) else { continue };
             self.timed_out.insert(receipt, f.consumer);
             bump(&self.metrics.timeouts, &self.shared.stats.timeouts);
             if let Some(entry) = self.ready.take(f.held) {
-                self.fail(Box::new(entry), f.key, FailureReason::Timeout, None);
+                self.fail(Box::new(entry), key, FailureReason::Timeout, None);
             }
         }
         if self.deadlines.len() > 2 * self.in_flight.len() + 1024 {
@@ -1114,7 +1132,7 @@ impl<T: QueueMessage> Core<T> {
             }
             Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) => return,
         };
-        let Some(f) = self.in_flight.remove(receipt) else {
+        let Some((f, key)) = self.in_flight.remove(receipt) else {
             return self.stale(receipt);
         };
         self.credit_back(f.consumer);
@@ -1126,15 +1144,15 @@ impl<T: QueueMessage> Core<T> {
                 self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)));
                 self.ready.requeue(f.held);
             }
-            return self.release(f.key);
+            return self.release(key);
         }
         let Some(entry) = self.ready.take(f.held).map(Box::new) else {
-            return self.release(f.key);
+            return self.release(key);
         };
         match settle {
             Settle::Nack { reason, delay, .. } => {
                 bump(&self.metrics.nacked, &self.shared.stats.nacked);
-                return self.fail(entry, f.key, reason, delay);
+                return self.fail(entry, key, reason, delay);
             }
             Settle::Reject { reason, .. } => {
                 self.histories.entry(entry.env.id).or_default().push(FailureRecord::now(entry.env.attempt, &reason));
@@ -1151,14 +1169,14 @@ impl<T: QueueMessage> Core<T> {
             }
             Settle::Release(_) | Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) => {}
         }
-        self.release(f.key);
+        self.release(key);
     }
 
     /// An ack: the settle of nearly every delivery, on its own path (not
     /// through the matching of a whole `Settle` that the others need); the
     /// message is dropped in the slot it has held since its send.
     pub(crate) fn ack(&mut self, receipt: u64) {
-        let Some(InFlight { held, consumer, delivered_us, key, .. }) = self.in_flight.remove(receipt) else {
+        let Some((InFlight { held, consumer, delivered_us }, key)) = self.in_flight.remove(receipt) else {
             return self.stale(receipt);
         };
         let histories = &mut self.histories;
@@ -1203,4 +1221,32 @@ impl<T: QueueMessage> Core<T> {
 #[cfg(test)]
 pub(crate) fn slot_of(receipt: u64) -> usize {
     InFlightTable::slot(receipt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_are_never_0_and_keys_leave_with_their_delivery() {
+        let mut table = InFlightTable::new();
+        let delivery = InFlight { held: 3, consumer: 1, delivered_us: 7 };
+        // The next delivery numbers end the low 32 bits' cycle.
+        table.delivered = u64::from(u32::MAX) - 1;
+        let a = table.insert(delivery, None);
+        assert!(table.remove(a).is_some_and(|(f, key)| f.held == 3 && key.is_none()));
+        // Delivery number 2^32 would make slot 0's receipt 0, a free slot's.
+        let b = table.insert(delivery, Some(Key::from("k")));
+        assert_eq!(slot_of(b), 0);
+        assert_ne!(b, 0);
+        assert!(table.remove(0).is_none() && table.get(0).is_none());
+        let (f, key) = table.remove(b).unwrap();
+        assert_eq!((f.consumer, f.delivered_us, key.as_deref()), (1, 7, Some("k")));
+        assert!(table.remove(b).is_none(), "removed once");
+        // The slot's next delivery has no key of its own.
+        let c = table.insert(delivery, None);
+        assert_eq!(slot_of(c), 0);
+        assert!(table.remove(c).is_some_and(|(_, key)| key.is_none()));
+        assert_eq!(table.len(), 0);
+    }
 }

@@ -882,8 +882,8 @@ impl Settler {
         (!std::mem::replace(&mut self.done, true)).then_some(self.receipt)
     }
 
-    /// The delivery's receipt: no other delivery of the queue within 2^32
-    /// of it (in delivery order) has the same.
+    /// The delivery's receipt: no other delivery of the queue within
+    /// 2^32 − 1 of it (in delivery order) has the same.
     pub fn receipt(&self) -> u64 {
         self.receipt
     }
