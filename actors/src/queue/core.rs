@@ -1179,14 +1179,35 @@ impl<T: QueueMessage> Core<T> {
         let Some((InFlight { held, consumer, delivered_us }, key)) = self.in_flight.remove(receipt) else {
             return self.stale(receipt);
         };
+        // A claim-checked message takes its ticket along, on a path of its
+        // own: the common ack carries no ticket (48 bytes) around.
+        if self.ready.get(held).is_some_and(|entry| entry.env.payload.ticket().is_some()) {
+            return self.ack_ticketed(held, consumer, delivered_us, key);
+        }
         let histories = &mut self.histories;
-        let read = self.ready.discard(held, |entry| {
+        let seq = self.ready.discard(held, |entry| {
             if !histories.is_empty() {
                 histories.remove(&entry.env.id);
             }
+            entry.seq
+        });
+        self.acked(seq.unwrap_or_default(), None, consumer, delivered_us, key);
+    }
+
+    /// [`ack`](Self::ack) of a message held as a claim-check ticket.
+    #[cold]
+    fn ack_ticketed(&mut self, held: Held, consumer: u64, delivered_us: u64, key: Option<Key>) {
+        let read = self.ready.take(held).map(|entry| {
+            self.histories.remove(&entry.env.id);
             (entry.seq, entry.env.payload.ticket().copied())
         });
         let (seq, ticket) = read.unwrap_or_default();
+        self.acked(seq, ticket, consumer, delivered_us, key);
+    }
+
+    /// What an ack does once its message is dropped.
+    #[inline(always)]
+    fn acked(&mut self, seq: u64, ticket: Option<Ticket>, consumer: u64, delivered_us: u64, key: Option<Key>) {
         self.credit_back(consumer);
         self.counts.acked += 1;
         if self.sample_latency() {
