@@ -668,7 +668,7 @@ impl<T: QueueMessage> Core<T> {
 
     /// Makes an accepted (and, when durable, committed) message ready.
     #[inline(always)]
-    fn store(&mut self, mut entry: Entry<Body<T>>) {
+    pub(crate) fn store(&mut self, mut entry: Entry<Body<T>>) {
         self.counts.enqueued += 1;
         entry.enqueued = self.enqueued_now();
         if let Some(deadline) = entry.env.deadline {
