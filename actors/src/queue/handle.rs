@@ -784,8 +784,10 @@ impl<T> Drop for Consumer<T> {
 #[derive(Debug)]
 pub struct Settler {
     receipt: u64,
-    link: Arc<Link>,
-    done: bool,
+    /// Taken once it settled (or gave its receipt back): `None` is done.
+    /// No flag beside it, so a settler (and every delivery) is 8 bytes
+    /// smaller.
+    link: Option<Arc<Link>>,
 }
 
 /// Most acks a consumer holds back before sending them together.
@@ -869,16 +871,15 @@ impl Link {
 
 impl Settler {
     fn send(&mut self, f: impl FnOnce(u64) -> Settle) {
-        if !self.done {
-            self.done = true;
-            self.link.send(f(self.receipt));
+        if let Some(link) = self.link.take() {
+            link.send(f(self.receipt));
         }
     }
 
     /// Disarms it and gives its receipt, unless it was settled already:
     /// for deliveries that go back to the queue as they were.
     pub(crate) fn take_receipt(&mut self) -> Option<u64> {
-        (!std::mem::replace(&mut self.done, true)).then_some(self.receipt)
+        self.link.take().map(|_| self.receipt)
     }
 
     /// The delivery's receipt: no other delivery of the queue within
@@ -889,9 +890,8 @@ impl Settler {
 
     /// Done: the message leaves the queue.
     pub fn ack(mut self) {
-        if !self.done {
-            self.done = true;
-            self.link.ack(self.receipt);
+        if let Some(link) = self.link.take() {
+            link.ack(self.receipt);
         }
     }
 
@@ -978,7 +978,7 @@ impl<T> Handed<T> {
 
 impl<T> Delivery<T> {
     fn new(envelope: Envelope<T>, receipt: u64, link: Arc<Link>) -> Self {
-        Delivery { envelope, settler: Settler { receipt, link, done: false } }
+        Delivery { envelope, settler: Settler { receipt, link: Some(link) } }
     }
 
     fn with_payload<U>(self, payload: U) -> Delivery<U> {
