@@ -1034,12 +1034,18 @@ impl<T: QueueMessage> Core<T> {
         self.take_held_acks();
         // Visibility timeouts: the timeout is the same for every delivery, so
         // deliveries (keyed by receipt) time out in receipt order.
-        while let Some(&receipt) = self.deadlines.front() {
-            let visibility_us = self.visibility_us;
-            if self.in_flight.get(receipt).is_some_and(|f| f.delivered_us.saturating_add(visibility_us) > now) {
+        let visibility_us = self.visibility_us;
+        while let Some(receipt) = self.deadlines.pop_front() {
+            let due_us = match self.in_flight.get(receipt) {
+                Some(f) => f.delivered_us.saturating_add(visibility_us),
+                // Settled (most receipts): dropped after one look-up.
+                None => continue,
+            };
+            if due_us > now {
+                // Not due, nor anything behind it: it stays first.
+                self.deadlines.push_front(receipt);
                 break;
             }
-            self.deadlines.pop_front();
             let Some((f, key)) = self.in_flight.remove(receipt) else { continue };
             self.timed_out.insert(receipt, f.consumer);
             bump(&self.metrics.timeouts, &self.shared.stats.timeouts);
