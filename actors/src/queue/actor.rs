@@ -377,6 +377,53 @@ mod tests {
         });
     }
 
+    /// Acks held back without a lock race the consumer's close from other
+    /// threads: each is applied once, none is lost or stale.
+    #[test]
+    fn acks_from_other_threads_racing_the_close_are_each_applied_once() {
+        actix_rt::System::new().block_on(async {
+            for round in 0..200 {
+                // No tick: nothing but the acks and the close hands them over.
+                let name = format!("held-race-{round}");
+                let q = Queue::<u32>::start(config(&name, Duration::from_secs(3600)), DlqSink::in_memory()).unwrap();
+                let mut c = q.consumer(128).await.unwrap();
+                for i in 0..128 {
+                    q.send(i).await.unwrap();
+                }
+                // 100 returned, 28 still buffered: acks are held back.
+                let mut settlers = Vec::new();
+                for _ in 0..100 {
+                    settlers.push(c.recv().await.unwrap().into_parts().1);
+                }
+                let start = Arc::new(std::sync::Barrier::new(5));
+                let threads: Vec<_> = (0..4)
+                    .map(|t| {
+                        let mine: Vec<_> = settlers.drain(..if t == 3 { settlers.len() } else { 25 }).collect();
+                        let start = Arc::clone(&start);
+                        std::thread::spawn(move || {
+                            start.wait();
+                            for s in mine {
+                                s.ack();
+                            }
+                        })
+                    })
+                    .collect();
+                start.wait();
+                drop(c);
+                for t in threads {
+                    t.join().unwrap();
+                }
+                until(|| {
+                    let s = q.stats();
+                    s.acked == 100 && s.in_flight == 0 && s.depth == 28
+                })
+                .await;
+                let s = q.stats();
+                assert_eq!((s.stale_settles, s.nacked, s.redelivered), (0, 0, 0), "round {round}");
+            }
+        });
+    }
+
     #[test]
     fn acks_held_back_are_applied_at_the_next_tick() {
         actix_rt::System::new().block_on(async {
@@ -617,7 +664,7 @@ mod tests {
                 ..config("held-stale", Duration::from_millis(5))
             };
             let q = Queue::<u32>::start(config, DlqSink::in_memory()).unwrap();
-            let mut c = q.consumer(2).await.unwrap();
+            let mut c = q.consumer(4).await.unwrap();
             q.send(7).await.unwrap();
             let (_, mut first) = c.recv().await.unwrap().into_parts();
             let first = first.take_receipt().unwrap();
@@ -625,7 +672,10 @@ mod tests {
             let (env, mut again) = c.recv().await.unwrap().into_parts();
             let again = again.take_receipt().unwrap();
             assert_eq!(env.attempt, 2);
-            q.inner.settle(Settle::Acks(vec![first, again]));
+            // Both held back by the consumer, taken together.
+            c.link().hold(first);
+            c.link().hold(again);
+            q.inner.take_held(c.link());
             until(|| q.stats().acked == 1).await;
             let s = q.stats();
             assert_eq!((s.stale_settles, s.timeouts, s.depth, s.in_flight), (1, 1, 0, 0));

@@ -355,7 +355,7 @@ impl<T: QueueMessage> Source<T> for Inner<T> {
     fn pull(&self, link: &Link, out: &mut VecDeque<Handed<T>>, waker: Option<&Waker>) -> bool {
         self.with(|core| {
             core.stamp();
-            for receipt in link.take(false) {
+            for receipt in link.take(false).iter() {
                 core.ack(receipt);
             }
             core.pull(link.consumer, out, waker)
@@ -368,6 +368,15 @@ impl<T: QueueMessage> Settles for Inner<T> {
         self.with(|core| {
             core.stamp();
             core.settle(settle);
+        });
+    }
+
+    fn take_held(&self, link: &Link) {
+        self.with(|core| {
+            core.stamp();
+            for receipt in link.take(false).iter() {
+                core.ack(receipt);
+            }
         });
     }
 }
@@ -838,7 +847,7 @@ impl<T: QueueMessage> Core<T> {
     pub(crate) fn remove_consumer(&mut self, id: u64) {
         self.timed_out.retain(|_, c| *c != id);
         if let Some(idx) = self.consumers.iter().position(|s| s.id == id) {
-            for receipt in self.consumers[idx].link.take(true) {
+            for receipt in self.consumers[idx].link.take(true).iter() {
                 self.ack(receipt);
             }
             let slot = self.consumers.remove(idx);
@@ -1115,12 +1124,6 @@ impl<T: QueueMessage> Core<T> {
         let settle = match settle {
             Settle::Close(id) => return self.remove_consumer(id),
             Settle::Ack(receipt) => return self.ack(receipt),
-            Settle::Acks(receipts) => {
-                for receipt in receipts {
-                    self.ack(receipt);
-                }
-                return;
-            }
             Settle::Releases(receipts) => {
                 // Each goes to the front: the last first, so that they end
                 // up in the order they were delivered.
@@ -1136,7 +1139,7 @@ impl<T: QueueMessage> Core<T> {
             Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } | Settle::Unclaimable { receipt, .. } => {
                 *receipt
             }
-            Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) => return,
+            Settle::Ack(_) | Settle::Close(_) | Settle::Releases(_) => return,
         };
         let Some((f, key)) = self.in_flight.remove(receipt) else {
             return self.stale(receipt);
@@ -1173,7 +1176,7 @@ impl<T: QueueMessage> Core<T> {
                 self.histories.entry(entry.env.id).or_default().push(FailureRecord::now(entry.env.attempt, &reason));
                 self.dead_letter(entry, reason, true);
             }
-            Settle::Release(_) | Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) => {}
+            Settle::Release(_) | Settle::Ack(_) | Settle::Close(_) | Settle::Releases(_) => {}
         }
         self.release(key);
     }
@@ -1238,7 +1241,7 @@ impl<T: QueueMessage> Core<T> {
     /// Applies the acks every consumer holds back (see `Link`).
     fn take_held_acks(&mut self) {
         for idx in 0..self.consumers.len() {
-            for receipt in self.consumers[idx].link.take(false) {
+            for receipt in self.consumers[idx].link.take(false).iter() {
                 self.ack(receipt);
             }
         }

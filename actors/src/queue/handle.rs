@@ -2,8 +2,8 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -148,8 +148,6 @@ pub(crate) struct Incoming<T> {
 #[derive(Debug)]
 pub(crate) enum Settle {
     Ack(u64),
-    /// Acks a consumer held back (see [`Link`]).
-    Acks(Vec<u64>),
     Nack {
         receipt: u64,
         reason: FailureReason,
@@ -179,6 +177,9 @@ pub(crate) enum Settle {
 /// (a [`Settler`] does not know it).
 pub(crate) trait Settles: Send + Sync {
     fn settle(&self, settle: Settle);
+
+    /// Applies the acks `link` holds back (see [`Link`]).
+    fn take_held(&self, link: &Link);
 }
 
 /// Where a consumer takes its deliveries from: its queue's core, behind a
@@ -535,13 +536,15 @@ impl<T: QueueMessage> QueueHandle<T> {
         let prefetch = prefetch.max(1);
         let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
         let sink: Weak<dyn Settles> = Arc::downgrade(&self.inner) as Weak<dyn Settles>;
+        // Half the prefetch: the consumer takes more before it runs dry.
+        let batch = (prefetch / 2).clamp(1, MAX_HELD_ACKS);
         let link = Arc::new(Link {
             consumer: id,
             sink,
-            acks: Mutex::default(),
+            held: (0..batch).map(|_| AtomicU64::new(0)).collect(),
+            next: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             more: AtomicBool::new(false),
-            // Half the prefetch: the consumer takes more before it runs dry.
-            batch: (prefetch / 2).clamp(1, MAX_HELD_ACKS),
         });
         let subscribed = self.inner.with(|core| {
             if core.is_closed() {
@@ -747,6 +750,11 @@ impl<T> Consumer<T> {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
     /// Stops taking new deliveries; those already taken by this consumer
     /// are still returned by [`recv`](Self::recv), which then answers `None`.
     pub fn close(&mut self) {
@@ -809,21 +817,38 @@ const MAX_HELD_ACKS: usize = 64;
 /// the consumer and the queue's core.
 ///
 /// Acks are held back while the consumer has more deliveries buffered, and
-/// go to the queue together (one lock of its core) when `batch` of them
-/// piled up, when the consumer takes more from the queue (about to wait),
-/// is closed, or at the queue's next tick, whichever comes first. So an
-/// ack is never lost and reaches the queue within a tick (before that tick
-/// looks at visibility timeouts). Once the consumer is gone, acks go
-/// straight to the queue. Other settles always go at once.
+/// go to the queue together (one lock of its core) when a batch of them
+/// (half the prefetch, at most 64) piled up, when the consumer takes more
+/// from the queue (about to wait), is closed, or at the queue's next tick,
+/// whichever comes first. So an ack is never lost and reaches the queue
+/// within a tick (before that tick looks at visibility timeouts). Once the
+/// consumer is gone, acks go straight to the queue. Other settles always go
+/// at once.
+///
+/// Holding an ack back costs no lock: it takes a free slot of `held` with
+/// one compare-and-swap (an ack that finds its slot taken goes straight to
+/// the queue). Only the core empties the slots, under its own lock, so it
+/// reads and clears them without a read-modify-write, and a receipt is
+/// taken once. When the consumer closes, the core marks the link closed
+/// before it empties the slots, and an ack that took a slot looks at the
+/// mark after (both sequentially consistent): either the core's emptying
+/// finds the receipt, or the ack sees the mark and has the core take it at
+/// once.
 pub(crate) struct Link {
     pub(crate) consumer: u64,
     /// Weak: the queue's core holds the link; a settle after the queue is
     /// gone needs no answer.
     sink: Weak<dyn Settles>,
-    acks: Mutex<HeldAcks>,
+    /// The acks held back: a receipt a slot, 0 in a free one (no receipt
+    /// is 0).
+    held: Box<[AtomicU64]>,
+    /// The slot the next ack tries first: a hint, reset when the core
+    /// empties the slots.
+    next: AtomicUsize,
+    /// The consumer is gone: acks are not held back any more.
+    closed: AtomicBool,
     /// The consumer had more deliveries buffered when it last took one.
     more: AtomicBool,
-    batch: usize,
 }
 
 impl std::fmt::Debug for Link {
@@ -832,20 +857,29 @@ impl std::fmt::Debug for Link {
     }
 }
 
-#[derive(Debug, Default)]
-struct HeldAcks {
-    receipts: Vec<u64>,
-    closed: bool,
+#[cfg(test)]
+impl Link {
+    /// Holds `receipt` back in a free slot, as an ack does.
+    pub(crate) fn hold(&self, receipt: u64) {
+        let free = self.held.iter().find(|slot| slot.load(Ordering::SeqCst) == 0);
+        free.expect("a free slot").store(receipt, Ordering::SeqCst);
+    }
+}
+
+/// The acks a link held back, taken by the queue's core.
+pub(crate) struct HeldAcks {
+    receipts: [u64; MAX_HELD_ACKS],
+    len: usize,
+}
+
+impl HeldAcks {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.receipts[..self.len].iter().copied()
+    }
 }
 
 impl Link {
-    fn held(&self) -> std::sync::MutexGuard<'_, HeldAcks> {
-        // Nothing panics while holding it: a poisoned lock is still sound.
-        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Applies `settle` in the queue's core. Never called with `acks` held:
-    /// the core takes `acks` under its own lock (see `take`).
+    /// Applies `settle` in the queue's core.
     fn send(&self, settle: Settle) {
         if let Some(sink) = self.sink.upgrade() {
             sink.settle(settle);
@@ -853,31 +887,47 @@ impl Link {
     }
 
     fn ack(&self, receipt: u64) {
-        let settle = {
-            let mut held = self.held();
-            if held.closed {
-                Settle::Ack(receipt)
-            } else {
-                held.receipts.push(receipt);
-                if held.receipts.len() < self.batch && self.more.load(Ordering::Relaxed) {
+        if !self.closed.load(Ordering::SeqCst) {
+            let i = self.next.load(Ordering::Relaxed);
+            let held = self
+                .held
+                .get(i)
+                .is_some_and(|slot| slot.compare_exchange(0, receipt, Ordering::SeqCst, Ordering::Relaxed).is_ok());
+            if held {
+                self.next.store(i + 1, Ordering::Relaxed);
+                // Held back while the batch has room and the consumer has
+                // more buffered, unless it closed meanwhile (the core may
+                // have emptied the slots already).
+                if i + 1 < self.held.len() && self.more.load(Ordering::Relaxed) && !self.closed.load(Ordering::SeqCst) {
                     return;
                 }
-                // The next batch's room at once, not grown ack by ack.
-                Settle::Acks(std::mem::replace(&mut held.receipts, Vec::with_capacity(self.batch)))
+                if let Some(sink) = self.sink.upgrade() {
+                    sink.take_held(self);
+                }
+                return;
             }
-        };
-        self.send(settle);
+        }
+        self.send(Settle::Ack(receipt));
     }
 
-    /// The queue's core takes the acks held back; with `close`, later acks
-    /// come to it one by one.
-    pub(crate) fn take(&self, close: bool) -> Vec<u64> {
-        let mut held = self.held();
-        held.closed |= close;
-        if held.receipts.is_empty() {
-            return Vec::new();
+    /// The queue's core takes the acks held back (under its lock: see the
+    /// [type's docs](Link)); with `close`, later acks come to it one by one.
+    pub(crate) fn take(&self, close: bool) -> HeldAcks {
+        if close {
+            self.closed.store(true, Ordering::SeqCst);
         }
-        std::mem::replace(&mut held.receipts, Vec::with_capacity(self.batch))
+        let mut taken = HeldAcks { receipts: [0; MAX_HELD_ACKS], len: 0 };
+        for slot in self.held.iter() {
+            let receipt = slot.load(Ordering::SeqCst);
+            if receipt != 0 {
+                // Nobody else writes a slot that holds a receipt.
+                slot.store(0, Ordering::Relaxed);
+                taken.receipts[taken.len] = receipt;
+                taken.len += 1;
+            }
+        }
+        self.next.store(0, Ordering::Relaxed);
+        taken
     }
 }
 
