@@ -394,6 +394,7 @@ impl<T> Envelope<T> {
     }
 
     /// A copy of the metadata around `payload`.
+    #[inline]
     pub(crate) fn copy_with<U>(&self, payload: U) -> Envelope<U> {
         Envelope {
             id: self.id,

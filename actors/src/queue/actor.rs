@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::core::{Core, Effects, Inner, Letter, Loaded};
 use super::handle::{Body, ClaimSide, Codec, QueueHandle, Shared, Stats, Typed};
-use super::ready::Entry;
+use super::ready::{Enqueued, Entry};
 use super::store::{QueueStore, StoredBody, StoredMessage};
 use super::{QueueConfig, QueueError, QueueMessage};
 use crate::claim_check::{ticket_in, ClaimCheck};
@@ -203,7 +203,7 @@ fn load<T: QueueMessage>(
             };
             let mut env = envelope.with_payload(body);
             env.attempt = delivered.saturating_add(1);
-            let entry = Box::new(Entry { env, enqueued_us: 0, seq });
+            let entry = Box::new(Entry { env, enqueued: Enqueued::UNSTAMPED, seq });
             if delivered >= config.max_deliveries {
                 Loaded::Exhausted(entry)
             } else {
@@ -377,6 +377,53 @@ mod tests {
         });
     }
 
+    /// Acks held back without a lock race the consumer's close from other
+    /// threads: each is applied once, none is lost or stale.
+    #[test]
+    fn acks_from_other_threads_racing_the_close_are_each_applied_once() {
+        actix_rt::System::new().block_on(async {
+            for round in 0..200 {
+                // No tick: nothing but the acks and the close hands them over.
+                let name = format!("held-race-{round}");
+                let q = Queue::<u32>::start(config(&name, Duration::from_secs(3600)), DlqSink::in_memory()).unwrap();
+                let mut c = q.consumer(128).await.unwrap();
+                for i in 0..128 {
+                    q.send(i).await.unwrap();
+                }
+                // 100 returned, 28 still buffered: acks are held back.
+                let mut settlers = Vec::new();
+                for _ in 0..100 {
+                    settlers.push(c.recv().await.unwrap().into_parts().1);
+                }
+                let start = Arc::new(std::sync::Barrier::new(5));
+                let threads: Vec<_> = (0..4)
+                    .map(|t| {
+                        let mine: Vec<_> = settlers.drain(..if t == 3 { settlers.len() } else { 25 }).collect();
+                        let start = Arc::clone(&start);
+                        std::thread::spawn(move || {
+                            start.wait();
+                            for s in mine {
+                                s.ack();
+                            }
+                        })
+                    })
+                    .collect();
+                start.wait();
+                drop(c);
+                for t in threads {
+                    t.join().unwrap();
+                }
+                until(|| {
+                    let s = q.stats();
+                    s.acked == 100 && s.in_flight == 0 && s.depth == 28
+                })
+                .await;
+                let s = q.stats();
+                assert_eq!((s.stale_settles, s.nacked, s.redelivered), (0, 0, 0), "round {round}");
+            }
+        });
+    }
+
     #[test]
     fn acks_held_back_are_applied_at_the_next_tick() {
         actix_rt::System::new().block_on(async {
@@ -505,6 +552,79 @@ mod tests {
         });
     }
 
+    /// Keeps what is recorded into the queue's histograms, by name.
+    #[derive(Default)]
+    struct Histograms(std::sync::Mutex<std::collections::HashMap<String, Arc<Recorded>>>);
+
+    #[derive(Default)]
+    struct Recorded(std::sync::Mutex<Vec<f64>>);
+
+    impl metrics::HistogramFn for Recorded {
+        fn record(&self, value: f64) {
+            self.0.lock().unwrap().push(value);
+        }
+    }
+
+    impl Histograms {
+        fn values(&self, name: &str) -> Vec<f64> {
+            self.0.lock().unwrap().get(name).map(|r| r.0.lock().unwrap().clone()).unwrap_or_default()
+        }
+    }
+
+    impl metrics::Recorder for Histograms {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+            let recorded = Arc::clone(self.0.lock().unwrap().entry(key.name().to_owned()).or_default());
+            metrics::Histogram::from_arc(recorded)
+        }
+    }
+
+    /// The time-in-queue samples are picked when enqueued: a backlog far
+    /// larger than a tick's samples still gives them all, each with its
+    /// own wait (not the queue's age), and at most a tick's worth.
+    #[test]
+    fn time_in_queue_samples_are_picked_at_enqueue_and_record_their_wait() {
+        for (name, partitioned) in [("sampled-plain", false), ("sampled-keyed", true)] {
+            let histograms = Histograms::default();
+            metrics::with_local_recorder(&histograms, || {
+                actix_rt::System::new().block_on(async {
+                    let config = QueueConfig {
+                        partition_header: partitioned.then(|| "k".to_owned()),
+                        capacity: 10_000,
+                        ..config(name, Duration::from_secs(3600))
+                    };
+                    let q = Queue::<u32>::start(config, DlqSink::in_memory()).unwrap();
+                    // The queue's age is then well above any message's wait.
+                    actix_rt::time::sleep(Duration::from_millis(300)).await;
+                    for i in 0..1_000 {
+                        let env = crate::envelope::Envelope::new(i).with_header("k", (i % 7).to_string());
+                        q.send_envelope(env).await.unwrap();
+                    }
+                    actix_rt::time::sleep(Duration::from_millis(20)).await;
+                    let mut c = q.consumer(64).await.unwrap();
+                    for _ in 0..1_000 {
+                        c.recv().await.unwrap().ack();
+                    }
+                    drop(c);
+                    until(|| q.stats().acked == 1_000).await;
+                });
+            });
+            let waits = histograms.values(m::QUEUE_TIME_IN_QUEUE);
+            assert_eq!(waits.len(), 128, "{name}: one tick's samples");
+            assert!(waits.iter().all(|w| (0.02..0.3).contains(w)), "{name}: {waits:?}");
+            let latencies = histograms.values(m::QUEUE_HANDLER_LATENCY);
+            assert_eq!(latencies.len(), 128, "{name}");
+        }
+    }
+
     #[test]
     fn a_stale_receipt_whose_slot_holds_a_newer_delivery_settles_nothing() {
         actix_rt::System::new().block_on(async {
@@ -544,7 +664,7 @@ mod tests {
                 ..config("held-stale", Duration::from_millis(5))
             };
             let q = Queue::<u32>::start(config, DlqSink::in_memory()).unwrap();
-            let mut c = q.consumer(2).await.unwrap();
+            let mut c = q.consumer(4).await.unwrap();
             q.send(7).await.unwrap();
             let (_, mut first) = c.recv().await.unwrap().into_parts();
             let first = first.take_receipt().unwrap();
@@ -552,7 +672,10 @@ mod tests {
             let (env, mut again) = c.recv().await.unwrap().into_parts();
             let again = again.take_receipt().unwrap();
             assert_eq!(env.attempt, 2);
-            q.inner.settle(Settle::Acks(vec![first, again]));
+            // Both held back by the consumer, taken together.
+            c.link().hold(first);
+            c.link().hold(again);
+            q.inner.take_held(c.link());
             until(|| q.stats().acked == 1).await;
             let s = q.stats();
             assert_eq!((s.stale_settles, s.timeouts, s.depth, s.in_flight), (1, 1, 0, 0));

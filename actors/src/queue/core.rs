@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::handle::{Body, Committed, Handed, Incoming, Link, Settle, Settles, Shared, Source};
-use super::ready::{Entry, Key, Ready, Slot as Held};
+use super::ready::{Enqueued, Entry, Key, Ready, Slot as Held};
 use super::store::{QueueBatch, StoredBody, StoredMessage};
 use super::{QueueConfig, QueueError, QueueMessage};
 use crate::backpressure::OverflowPolicy;
@@ -42,8 +42,10 @@ use crate::metrics as m;
 use crate::signal::Signal;
 use crate::store::StoreError;
 
-/// Histogram samples a queue records per tick, at most (counters are exact).
-const SAMPLES_PER_TICK: u32 = 256;
+/// Histogram samples a queue takes per tick, at most, for each of its two
+/// histograms (counters are exact): time in queue (messages picked as they
+/// are enqueued, recorded at their deliveries) and handler latency (acks).
+const SAMPLES_PER_TICK: u32 = 128;
 
 /// Counted messages after which a lock section publishes its counters (see
 /// `Core::finish`).
@@ -78,12 +80,14 @@ pub(crate) enum Loaded<T> {
 }
 
 /// A delivery: its message stays where it lies in the ready set's slots.
+/// Plain data (its partition key, if any, is kept apart: see
+/// `InFlightTable`), so a slot is written and cleared without a drop. It
+/// times out `visibility_us` after `delivered_us`.
+#[derive(Clone, Copy, Default)]
 struct InFlight {
     held: Held,
     consumer: u64,
-    due_us: u64,
     delivered_us: u64,
-    key: Option<Key>,
 }
 
 struct Delayed<T> {
@@ -204,12 +208,15 @@ pub(crate) struct Write<T> {
 /// The deliveries in flight, by receipt: a slab (slots and a list of free
 /// ones) instead of a hash map, so a delivery and its settle each cost an
 /// index, not a hash and a probe. A receipt is the slot's index in its low 32
-/// bits and the queue's delivery number (its low 32 bits) in the high ones:
-/// a slot keeps the receipt of the delivery it holds, so a settle that
-/// comes after its slot was reused (a stale one) finds another receipt there
-/// and touches nothing.
+/// bits and the queue's delivery number (its low 32 bits, never 0) in the
+/// high ones: a slot keeps the receipt of the delivery it holds (0 when
+/// free), so a settle that comes after its slot was reused (a stale one)
+/// finds another receipt there and touches nothing.
 struct InFlightTable {
-    slots: Vec<Option<(u64, InFlight)>>,
+    slots: Vec<(u64, InFlight)>,
+    /// The partition keys of deliveries, by slot: only a partitioned
+    /// queue's keyed deliveries have one, and it stays empty otherwise.
+    keys: Vec<Option<Key>>,
     free: Vec<u32>,
     len: usize,
     delivered: u64,
@@ -217,7 +224,7 @@ struct InFlightTable {
 
 impl InFlightTable {
     fn new() -> Self {
-        InFlightTable { slots: Vec::new(), free: Vec::new(), len: 0, delivered: 0 }
+        InFlightTable { slots: Vec::new(), keys: Vec::new(), free: Vec::new(), len: 0, delivered: 0 }
     }
 
     fn len(&self) -> usize {
@@ -226,21 +233,32 @@ impl InFlightTable {
 
     /// Adds a delivery; gives its receipt.
     #[inline(always)]
-    fn insert(&mut self, delivery: InFlight) -> u64 {
+    fn insert(&mut self, delivery: InFlight, key: Option<Key>) -> u64 {
         self.delivered += 1;
+        if self.delivered as u32 == 0 {
+            // A receipt is never 0, the mark of a free slot.
+            self.delivered += 1;
+        }
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
                 // Past 2^32 deliveries in flight at once (a credit no queue
                 // gives) the index would not fit the receipt.
                 let i = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
-                self.slots.push(None);
+                self.slots.push((0, InFlight::default()));
                 i
             }
         };
         let receipt = (self.delivered << 32) | u64::from(index);
         self.len += 1;
-        self.slots[index as usize] = Some((receipt, delivery));
+        self.slots[index as usize] = (receipt, delivery);
+        if let Some(key) = key {
+            let index = index as usize;
+            if self.keys.len() <= index {
+                self.keys.resize(index + 1, None);
+            }
+            self.keys[index] = Some(key);
+        }
         receipt
     }
 
@@ -250,7 +268,7 @@ impl InFlightTable {
 
     fn get(&self, receipt: u64) -> Option<&InFlight> {
         match self.slots.get(Self::slot(receipt))? {
-            Some((r, f)) if *r == receipt => Some(f),
+            (r, f) if *r == receipt && receipt != 0 => Some(f),
             _ => None,
         }
     }
@@ -259,19 +277,21 @@ impl InFlightTable {
         self.get(receipt).is_some()
     }
 
-    /// Takes the delivery of `receipt` out; `None` when it is not in flight
-    /// any more (settled, timed out: its slot may hold a newer one).
+    /// Takes the delivery of `receipt` out, with its key; `None` when it is
+    /// not in flight any more (settled, timed out: its slot may hold a
+    /// newer one).
     #[inline(always)]
-    fn remove(&mut self, receipt: u64) -> Option<InFlight> {
+    fn remove(&mut self, receipt: u64) -> Option<(InFlight, Option<Key>)> {
         let index = Self::slot(receipt);
         let slot = self.slots.get_mut(index)?;
-        if !matches!(slot, Some((r, _)) if *r == receipt) {
+        if slot.0 != receipt || receipt == 0 {
             return None;
         }
-        let (_, delivery) = slot.take()?;
+        slot.0 = 0;
+        let delivery = slot.1;
         self.free.push(index as u32);
         self.len -= 1;
-        Some(delivery)
+        Some((delivery, self.keys.get_mut(index).and_then(Option::take)))
     }
 }
 
@@ -335,7 +355,7 @@ impl<T: QueueMessage> Source<T> for Inner<T> {
     fn pull(&self, link: &Link, out: &mut VecDeque<Handed<T>>, waker: Option<&Waker>) -> bool {
         self.with(|core| {
             core.stamp();
-            for receipt in link.take(false) {
+            for receipt in link.take(false).iter() {
                 core.ack(receipt);
             }
             core.pull(link.consumer, out, waker)
@@ -348,6 +368,15 @@ impl<T: QueueMessage> Settles for Inner<T> {
         self.with(|core| {
             core.stamp();
             core.settle(settle);
+        });
+    }
+
+    fn take_held(&self, link: &Link) {
+        self.with(|core| {
+            core.stamp();
+            for receipt in link.take(false).iter() {
+                core.ack(receipt);
+            }
         });
     }
 }
@@ -376,11 +405,17 @@ pub(crate) struct Core<T> {
     waiting: usize,
     next_seq: u64,
     epoch: clock::Instant,
-    /// The queue's clock (µs since `epoch`), read once per lock section.
+    /// The queue's clock (µs since `epoch`), read once per lock section;
+    /// a send reads it only when it stamps its message (see `wants_stamp`).
     now: u64,
     counts: Counts,
     visibility_us: u64,
-    samples_left: u32,
+    /// Messages still to pick as time-in-queue samples this tick.
+    queue_samples_left: u32,
+    /// Every message is stamped when enqueued (`Ready::needs_stamps`).
+    stamp_all: bool,
+    /// Acks still to sample for the handler latency this tick.
+    latency_samples_left: u32,
     metrics: Metrics,
     durable: bool,
     /// Durable queues: sends waiting for their commit, changes to stored
@@ -411,8 +446,10 @@ impl<T: QueueMessage> Core<T> {
         permit_debt: u64,
     ) -> Self {
         let aging_us = config.aging.map(|a| u64::try_from(a.as_micros()).unwrap_or(u64::MAX));
+        let ready = Ready::new(config.priority, aging_us, config.partition_header.clone());
         Core {
-            ready: Ready::new(config.priority, aging_us, config.partition_header.clone()),
+            stamp_all: ready.needs_stamps(),
+            ready,
             visibility_us: u64::try_from(config.visibility_timeout.as_micros()).unwrap_or(u64::MAX),
             metrics: Metrics::new(&config.name),
             source: DlqSource::queue(config.name.clone()),
@@ -430,7 +467,8 @@ impl<T: QueueMessage> Core<T> {
             epoch: clock::now(),
             now: 0,
             counts: Counts::default(),
-            samples_left: SAMPLES_PER_TICK,
+            queue_samples_left: SAMPLES_PER_TICK,
+            latency_samples_left: SAMPLES_PER_TICK,
             durable,
             pending: Vec::new(),
             ops: BTreeMap::new(),
@@ -450,9 +488,32 @@ impl<T: QueueMessage> Core<T> {
         self.now = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     }
 
-    fn sample(&mut self) -> bool {
-        if self.samples_left > 0 {
-            self.samples_left -= 1;
+    /// True when a send must read the clock (`stamp`) before its message
+    /// is made ready: the message will be stamped (see `enqueued_now`).
+    /// Otherwise the send reads no clock at all.
+    #[inline(always)]
+    pub(crate) fn wants_stamp(&self) -> bool {
+        self.queue_samples_left > 0 || self.stamp_all
+    }
+
+    /// The stamp of a message made ready now: the first messages of each
+    /// tick are the time-in-queue samples (picked when enqueued, so that a
+    /// sample's wait is known however long it waits); the others are
+    /// stamped only when the ready order needs it.
+    #[inline(always)]
+    fn enqueued_now(&mut self) -> Enqueued {
+        let sample = self.queue_samples_left > 0;
+        if sample {
+            self.queue_samples_left -= 1;
+        } else if !self.stamp_all {
+            return Enqueued::UNSTAMPED;
+        }
+        Enqueued::at(self.now, sample)
+    }
+
+    fn sample_latency(&mut self) -> bool {
+        if self.latency_samples_left > 0 {
+            self.latency_samples_left -= 1;
             true
         } else {
             false
@@ -616,9 +677,9 @@ impl<T: QueueMessage> Core<T> {
 
     /// Makes an accepted (and, when durable, committed) message ready.
     #[inline(always)]
-    fn store(&mut self, mut entry: Entry<Body<T>>) {
+    pub(crate) fn store(&mut self, mut entry: Entry<Body<T>>) {
         self.counts.enqueued += 1;
-        entry.enqueued_us = self.now;
+        entry.enqueued = self.enqueued_now();
         if let Some(deadline) = entry.env.deadline {
             if entry.env.is_expired_at(Timestamp::now()) {
                 bump(&self.metrics.expired, &self.shared.stats.expired);
@@ -652,7 +713,7 @@ impl<T: QueueMessage> Core<T> {
             None => {
                 let Incoming { mut entry, stored } = incoming;
                 self.count_ticket(&entry.env.payload, true);
-                entry.enqueued_us = self.now;
+                entry.enqueued = Enqueued::at(self.now, false);
                 (Box::new(entry), None, stored.map(|s| s.1))
             }
         };
@@ -786,7 +847,7 @@ impl<T: QueueMessage> Core<T> {
     pub(crate) fn remove_consumer(&mut self, id: u64) {
         self.timed_out.retain(|_, c| *c != id);
         if let Some(idx) = self.consumers.iter().position(|s| s.id == id) {
-            for receipt in self.consumers[idx].link.take(true) {
+            for receipt in self.consumers[idx].link.take(true).iter() {
                 self.ack(receipt);
             }
             let slot = self.consumers.remove(idx);
@@ -831,13 +892,12 @@ impl<T: QueueMessage> Core<T> {
                 self.release(key);
                 continue;
             }
-            let (seq, attempt, enqueued_us) = (entry.seq, entry.env.attempt, entry.enqueued_us);
-            let due_us = now.saturating_add(self.visibility_us);
-            let receipt = self.in_flight.insert(InFlight { held, consumer, due_us, delivered_us: now, key });
+            let (seq, attempt, enqueued) = (entry.seq, entry.env.attempt, entry.enqueued);
+            let receipt = self.in_flight.insert(InFlight { held, consumer, delivered_us: now }, key);
             let slot = &mut self.consumers[idx];
             out.push_back(Handed::of(&entry.env, receipt, &slot.link));
             slot.outstanding += 1;
-            if self.sample() {
+            if let Some(enqueued_us) = enqueued.sample() {
                 let waited = now.saturating_sub(enqueued_us);
                 self.metrics.time_in_queue.record(Duration::from_micros(waited).as_secs_f64());
             }
@@ -983,16 +1043,23 @@ impl<T: QueueMessage> Core<T> {
         self.take_held_acks();
         // Visibility timeouts: the timeout is the same for every delivery, so
         // deliveries (keyed by receipt) time out in receipt order.
-        while let Some(&receipt) = self.deadlines.front() {
-            if self.in_flight.get(receipt).is_some_and(|f| f.due_us > now) {
+        let visibility_us = self.visibility_us;
+        while let Some(receipt) = self.deadlines.pop_front() {
+            let due_us = match self.in_flight.get(receipt) {
+                Some(f) => f.delivered_us.saturating_add(visibility_us),
+                // Settled (most receipts): dropped after one look-up.
+                None => continue,
+            };
+            if due_us > now {
+                // Not due, nor anything behind it: it stays first.
+                self.deadlines.push_front(receipt);
                 break;
             }
-            self.deadlines.pop_front();
-            let Some(f) = self.in_flight.remove(receipt) else { continue };
+            let Some((f, key)) = self.in_flight.remove(receipt) else { continue };
             self.timed_out.insert(receipt, f.consumer);
             bump(&self.metrics.timeouts, &self.shared.stats.timeouts);
             if let Some(entry) = self.ready.take(f.held) {
-                self.fail(Box::new(entry), f.key, FailureReason::Timeout, None);
+                self.fail(Box::new(entry), key, FailureReason::Timeout, None);
             }
         }
         if self.deadlines.len() > 2 * self.in_flight.len() + 1024 {
@@ -1011,7 +1078,8 @@ impl<T: QueueMessage> Core<T> {
         if !self.ops.is_empty() {
             self.effects.write = true;
         }
-        self.samples_left = SAMPLES_PER_TICK;
+        self.queue_samples_left = SAMPLES_PER_TICK;
+        self.latency_samples_left = SAMPLES_PER_TICK;
         self.publish();
         self.metrics.depth.set((self.ready.len() + self.delayed.len()) as f64);
         self.metrics.in_flight.set(self.in_flight.len() as f64);
@@ -1056,12 +1124,6 @@ impl<T: QueueMessage> Core<T> {
         let settle = match settle {
             Settle::Close(id) => return self.remove_consumer(id),
             Settle::Ack(receipt) => return self.ack(receipt),
-            Settle::Acks(receipts) => {
-                for receipt in receipts {
-                    self.ack(receipt);
-                }
-                return;
-            }
             Settle::Releases(receipts) => {
                 // Each goes to the front: the last first, so that they end
                 // up in the order they were delivered.
@@ -1077,9 +1139,9 @@ impl<T: QueueMessage> Core<T> {
             Settle::Nack { receipt, .. } | Settle::Reject { receipt, .. } | Settle::Unclaimable { receipt, .. } => {
                 *receipt
             }
-            Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) => return,
+            Settle::Ack(_) | Settle::Close(_) | Settle::Releases(_) => return,
         };
-        let Some(f) = self.in_flight.remove(receipt) else {
+        let Some((f, key)) = self.in_flight.remove(receipt) else {
             return self.stale(receipt);
         };
         self.credit_back(f.consumer);
@@ -1091,15 +1153,15 @@ impl<T: QueueMessage> Core<T> {
                 self.note(seq, RowOp::Delivered(attempt.saturating_sub(1)));
                 self.ready.requeue(f.held);
             }
-            return self.release(f.key);
+            return self.release(key);
         }
         let Some(entry) = self.ready.take(f.held).map(Box::new) else {
-            return self.release(f.key);
+            return self.release(key);
         };
         match settle {
             Settle::Nack { reason, delay, .. } => {
                 bump(&self.metrics.nacked, &self.shared.stats.nacked);
-                return self.fail(entry, f.key, reason, delay);
+                return self.fail(entry, key, reason, delay);
             }
             Settle::Reject { reason, .. } => {
                 self.histories.entry(entry.env.id).or_default().push(FailureRecord::now(entry.env.attempt, &reason));
@@ -1114,29 +1176,50 @@ impl<T: QueueMessage> Core<T> {
                 self.histories.entry(entry.env.id).or_default().push(FailureRecord::now(entry.env.attempt, &reason));
                 self.dead_letter(entry, reason, true);
             }
-            Settle::Release(_) | Settle::Ack(_) | Settle::Close(_) | Settle::Acks(_) | Settle::Releases(_) => {}
+            Settle::Release(_) | Settle::Ack(_) | Settle::Close(_) | Settle::Releases(_) => {}
         }
-        self.release(f.key);
+        self.release(key);
     }
 
     /// An ack: the settle of nearly every delivery, on its own path (not
     /// through the matching of a whole `Settle` that the others need); the
     /// message is dropped in the slot it has held since its send.
     pub(crate) fn ack(&mut self, receipt: u64) {
-        let Some(InFlight { held, consumer, delivered_us, key, .. }) = self.in_flight.remove(receipt) else {
+        let Some((InFlight { held, consumer, delivered_us }, key)) = self.in_flight.remove(receipt) else {
             return self.stale(receipt);
         };
+        // A claim-checked message takes its ticket along, on a path of its
+        // own: the common ack carries no ticket (48 bytes) around.
+        if self.ready.get(held).is_some_and(|entry| entry.env.payload.ticket().is_some()) {
+            return self.ack_ticketed(held, consumer, delivered_us, key);
+        }
         let histories = &mut self.histories;
-        let read = self.ready.discard(held, |entry| {
+        let seq = self.ready.discard(held, |entry| {
             if !histories.is_empty() {
                 histories.remove(&entry.env.id);
             }
+            entry.seq
+        });
+        self.acked(seq.unwrap_or_default(), None, consumer, delivered_us, key);
+    }
+
+    /// [`ack`](Self::ack) of a message held as a claim-check ticket.
+    #[cold]
+    fn ack_ticketed(&mut self, held: Held, consumer: u64, delivered_us: u64, key: Option<Key>) {
+        let read = self.ready.take(held).map(|entry| {
+            self.histories.remove(&entry.env.id);
             (entry.seq, entry.env.payload.ticket().copied())
         });
         let (seq, ticket) = read.unwrap_or_default();
+        self.acked(seq, ticket, consumer, delivered_us, key);
+    }
+
+    /// What an ack does once its message is dropped.
+    #[inline(always)]
+    fn acked(&mut self, seq: u64, ticket: Option<Ticket>, consumer: u64, delivered_us: u64, key: Option<Key>) {
         self.credit_back(consumer);
         self.counts.acked += 1;
-        if self.sample() {
+        if self.sample_latency() {
             let took = self.now.saturating_sub(delivered_us);
             self.metrics.latency.record(Duration::from_micros(took).as_secs_f64());
         }
@@ -1158,7 +1241,7 @@ impl<T: QueueMessage> Core<T> {
     /// Applies the acks every consumer holds back (see `Link`).
     fn take_held_acks(&mut self) {
         for idx in 0..self.consumers.len() {
-            for receipt in self.consumers[idx].link.take(false) {
+            for receipt in self.consumers[idx].link.take(false).iter() {
                 self.ack(receipt);
             }
         }
@@ -1168,4 +1251,32 @@ impl<T: QueueMessage> Core<T> {
 #[cfg(test)]
 pub(crate) fn slot_of(receipt: u64) -> usize {
     InFlightTable::slot(receipt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_are_never_0_and_keys_leave_with_their_delivery() {
+        let mut table = InFlightTable::new();
+        let delivery = InFlight { held: 3, consumer: 1, delivered_us: 7 };
+        // The next delivery numbers end the low 32 bits' cycle.
+        table.delivered = u64::from(u32::MAX) - 1;
+        let a = table.insert(delivery, None);
+        assert!(table.remove(a).is_some_and(|(f, key)| f.held == 3 && key.is_none()));
+        // Delivery number 2^32 would make slot 0's receipt 0, a free slot's.
+        let b = table.insert(delivery, Some(Key::from("k")));
+        assert_eq!(slot_of(b), 0);
+        assert_ne!(b, 0);
+        assert!(table.remove(0).is_none() && table.get(0).is_none());
+        let (f, key) = table.remove(b).unwrap();
+        assert_eq!((f.consumer, f.delivered_us, key.as_deref()), (1, 7, Some("k")));
+        assert!(table.remove(b).is_none(), "removed once");
+        // The slot's next delivery has no key of its own.
+        let c = table.insert(delivery, None);
+        assert_eq!(slot_of(c), 0);
+        assert!(table.remove(c).is_some_and(|(_, key)| key.is_none()));
+        assert_eq!(table.len(), 0);
+    }
 }

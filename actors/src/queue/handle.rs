@@ -2,8 +2,8 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use serde::{Serialize, Serializer};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::core::Inner;
-use super::ready::Entry;
+use super::ready::{Enqueued, Entry};
 use super::store::StoredBody;
 use super::{QueueError, QueueMessage};
 use crate::backpressure::OverflowPolicy;
@@ -148,8 +148,6 @@ pub(crate) struct Incoming<T> {
 #[derive(Debug)]
 pub(crate) enum Settle {
     Ack(u64),
-    /// Acks a consumer held back (see [`Link`]).
-    Acks(Vec<u64>),
     Nack {
         receipt: u64,
         reason: FailureReason,
@@ -179,6 +177,9 @@ pub(crate) enum Settle {
 /// (a [`Settler`] does not know it).
 pub(crate) trait Settles: Send + Sync {
     fn settle(&self, settle: Settle);
+
+    /// Applies the acks `link` holds back (see [`Link`]).
+    fn take_held(&self, link: &Link);
 }
 
 /// Where a consumer takes its deliveries from: its queue's core, behind a
@@ -362,14 +363,19 @@ impl<T: QueueMessage> QueueHandle<T> {
         }
         let Ok(permit) = self.shared.permits.try_acquire() else { return Err(envelope) };
         let id = envelope.id;
-        let incoming =
-            Incoming { entry: Entry { env: envelope.map(Body::Inline), enqueued_us: 0, seq: 0 }, stored: None };
         let sent = self.inner.with(|core| {
             if core.is_closed() {
                 return false;
             }
-            core.stamp();
-            core.accept(incoming);
+            // Most sends stamp nothing (see `Core::wants_stamp`): no clock
+            // read for them.
+            if core.wants_stamp() {
+                core.stamp();
+            }
+            // Made here, in the lock section, from the envelope the call
+            // took: written into its slot without a stop on the way. Inline
+            // and not durable: ready at once, no ticket to count.
+            core.store(Entry { env: envelope.map(Body::Inline), enqueued: Enqueued::UNSTAMPED, seq: 0 });
             true
         });
         if !sent {
@@ -434,7 +440,7 @@ impl<T: QueueMessage> QueueHandle<T> {
             }
             None => (None, None),
         };
-        let incoming = Incoming { entry: Entry { env, enqueued_us: 0, seq: 0 }, stored };
+        let incoming = Incoming { entry: Entry { env, enqueued: Enqueued::UNSTAMPED, seq: 0 }, stored };
         let sent = self.inner.with(|core| {
             if core.is_closed() {
                 return false;
@@ -506,7 +512,11 @@ impl<T: QueueMessage> QueueHandle<T> {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        self.inner.with(|core| core.flush(tx));
+        self.inner.with(|core| {
+            // The held acks it applies sample the latency.
+            core.stamp();
+            core.flush(tx);
+        });
         rx.await.map_err(|_| self.closed())
     }
 
@@ -526,13 +536,15 @@ impl<T: QueueMessage> QueueHandle<T> {
         let prefetch = prefetch.max(1);
         let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
         let sink: Weak<dyn Settles> = Arc::downgrade(&self.inner) as Weak<dyn Settles>;
+        // Half the prefetch: the consumer takes more before it runs dry.
+        let batch = (prefetch / 2).clamp(1, MAX_HELD_ACKS);
         let link = Arc::new(Link {
             consumer: id,
             sink,
-            acks: Mutex::default(),
+            held: (0..batch).map(|_| AtomicU64::new(0)).collect(),
+            next: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             more: AtomicBool::new(false),
-            // Half the prefetch: the consumer takes more before it runs dry.
-            batch: (prefetch / 2).clamp(1, MAX_HELD_ACKS),
         });
         let subscribed = self.inner.with(|core| {
             if core.is_closed() {
@@ -620,8 +632,12 @@ impl<T> Consumer<T> {
     /// be claimed are dead-lettered here, never returned.
     pub async fn recv(&mut self) -> Option<Delivery<T>> {
         loop {
-            let handed = match self.fresh() {
-                Some(h) => h,
+            // Matched in place: what `fresh` gives lives in this statement
+            // only, not in the future's state across the awaits below (a
+            // delivery would be copied there and out again).
+            let (d, ticket) = match self.fresh() {
+                Some(Handed::Ready(d)) => return Some(d),
+                Some(Handed::Ticket(d, ticket)) => (d, ticket),
                 None => {
                     if self.closed {
                         return None;
@@ -635,10 +651,6 @@ impl<T> Consumer<T> {
                     }
                     continue;
                 }
-            };
-            let (d, ticket) = match handed {
-                Handed::Ready(d) => return Some(d),
-                Handed::Ticket(d, ticket) => (d, ticket),
             };
             let copy = *ticket;
             self.stash = Some(Handed::Ticket(d, ticket));
@@ -702,11 +714,23 @@ impl<T> Consumer<T> {
     }
 
     /// True when `h` expired: it is then settled as such (dead-lettered).
-    /// By reference: a delivery is moved as little as it can be.
+    /// By reference: a delivery is moved as little as it can be. Inlined:
+    /// for most deliveries it is a test of their deadline's tag.
+    #[inline(always)]
     fn expired(h: &mut Handed<T>) -> bool {
+        let deadline = match h {
+            Handed::Ready(d) => d.envelope.deadline,
+            Handed::Ticket(d, _) => d.envelope.deadline,
+        };
+        deadline.is_some() && Self::expire(h)
+    }
+
+    /// [`expired`](Self::expired) for a delivery that has a deadline.
+    #[cold]
+    fn expire(h: &mut Handed<T>) -> bool {
         let expired = match h {
-            Handed::Ready(d) => d.envelope.deadline.is_some() && d.envelope.is_expired(),
-            Handed::Ticket(d, _) => d.envelope.deadline.is_some() && d.envelope.is_expired(),
+            Handed::Ready(d) => d.envelope.is_expired(),
+            Handed::Ticket(d, _) => d.envelope.is_expired(),
         };
         if expired {
             h.settler().send(Settle::Expired);
@@ -724,6 +748,11 @@ impl<T> Consumer<T> {
                 None
             }
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
     }
 
     /// Stops taking new deliveries; those already taken by this consumer
@@ -775,8 +804,10 @@ impl<T> Drop for Consumer<T> {
 #[derive(Debug)]
 pub struct Settler {
     receipt: u64,
-    link: Arc<Link>,
-    done: bool,
+    /// Taken once it settled (or gave its receipt back): `None` is done.
+    /// No flag beside it, so a settler (and every delivery) is 8 bytes
+    /// smaller.
+    link: Option<Arc<Link>>,
 }
 
 /// Most acks a consumer holds back before sending them together.
@@ -786,21 +817,38 @@ const MAX_HELD_ACKS: usize = 64;
 /// the consumer and the queue's core.
 ///
 /// Acks are held back while the consumer has more deliveries buffered, and
-/// go to the queue together (one lock of its core) when `batch` of them
-/// piled up, when the consumer takes more from the queue (about to wait),
-/// is closed, or at the queue's next tick, whichever comes first. So an
-/// ack is never lost and reaches the queue within a tick (before that tick
-/// looks at visibility timeouts). Once the consumer is gone, acks go
-/// straight to the queue. Other settles always go at once.
+/// go to the queue together (one lock of its core) when a batch of them
+/// (half the prefetch, at most 64) piled up, when the consumer takes more
+/// from the queue (about to wait), is closed, or at the queue's next tick,
+/// whichever comes first. So an ack is never lost and reaches the queue
+/// within a tick (before that tick looks at visibility timeouts). Once the
+/// consumer is gone, acks go straight to the queue. Other settles always go
+/// at once.
+///
+/// Holding an ack back costs no lock: it takes a free slot of `held` with
+/// one compare-and-swap (an ack that finds its slot taken goes straight to
+/// the queue). Only the core empties the slots, under its own lock, so it
+/// reads and clears them without a read-modify-write, and a receipt is
+/// taken once. When the consumer closes, the core marks the link closed
+/// before it empties the slots, and an ack that took a slot looks at the
+/// mark after (both sequentially consistent): either the core's emptying
+/// finds the receipt, or the ack sees the mark and has the core take it at
+/// once.
 pub(crate) struct Link {
     pub(crate) consumer: u64,
     /// Weak: the queue's core holds the link; a settle after the queue is
     /// gone needs no answer.
     sink: Weak<dyn Settles>,
-    acks: Mutex<HeldAcks>,
+    /// The acks held back: a receipt a slot, 0 in a free one (no receipt
+    /// is 0).
+    held: Box<[AtomicU64]>,
+    /// The slot the next ack tries first: a hint, reset when the core
+    /// empties the slots.
+    next: AtomicUsize,
+    /// The consumer is gone: acks are not held back any more.
+    closed: AtomicBool,
     /// The consumer had more deliveries buffered when it last took one.
     more: AtomicBool,
-    batch: usize,
 }
 
 impl std::fmt::Debug for Link {
@@ -809,20 +857,29 @@ impl std::fmt::Debug for Link {
     }
 }
 
-#[derive(Debug, Default)]
-struct HeldAcks {
-    receipts: Vec<u64>,
-    closed: bool,
+#[cfg(test)]
+impl Link {
+    /// Holds `receipt` back in a free slot, as an ack does.
+    pub(crate) fn hold(&self, receipt: u64) {
+        let free = self.held.iter().find(|slot| slot.load(Ordering::SeqCst) == 0);
+        free.expect("a free slot").store(receipt, Ordering::SeqCst);
+    }
+}
+
+/// The acks a link held back, taken by the queue's core.
+pub(crate) struct HeldAcks {
+    receipts: [u64; MAX_HELD_ACKS],
+    len: usize,
+}
+
+impl HeldAcks {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.receipts[..self.len].iter().copied()
+    }
 }
 
 impl Link {
-    fn held(&self) -> std::sync::MutexGuard<'_, HeldAcks> {
-        // Nothing panics while holding it: a poisoned lock is still sound.
-        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Applies `settle` in the queue's core. Never called with `acks` held:
-    /// the core takes `acks` under its own lock (see `take`).
+    /// Applies `settle` in the queue's core.
     fn send(&self, settle: Settle) {
         if let Some(sink) = self.sink.upgrade() {
             sink.settle(settle);
@@ -830,59 +887,73 @@ impl Link {
     }
 
     fn ack(&self, receipt: u64) {
-        let settle = {
-            let mut held = self.held();
-            if held.closed {
-                Settle::Ack(receipt)
-            } else {
-                held.receipts.push(receipt);
-                if held.receipts.len() < self.batch && self.more.load(Ordering::Relaxed) {
+        if !self.closed.load(Ordering::SeqCst) {
+            let i = self.next.load(Ordering::Relaxed);
+            let held = self
+                .held
+                .get(i)
+                .is_some_and(|slot| slot.compare_exchange(0, receipt, Ordering::SeqCst, Ordering::Relaxed).is_ok());
+            if held {
+                self.next.store(i + 1, Ordering::Relaxed);
+                // Held back while the batch has room and the consumer has
+                // more buffered, unless it closed meanwhile (the core may
+                // have emptied the slots already).
+                if i + 1 < self.held.len() && self.more.load(Ordering::Relaxed) && !self.closed.load(Ordering::SeqCst) {
                     return;
                 }
-                // The next batch's room at once, not grown ack by ack.
-                Settle::Acks(std::mem::replace(&mut held.receipts, Vec::with_capacity(self.batch)))
+                if let Some(sink) = self.sink.upgrade() {
+                    sink.take_held(self);
+                }
+                return;
             }
-        };
-        self.send(settle);
+        }
+        self.send(Settle::Ack(receipt));
     }
 
-    /// The queue's core takes the acks held back; with `close`, later acks
-    /// come to it one by one.
-    pub(crate) fn take(&self, close: bool) -> Vec<u64> {
-        let mut held = self.held();
-        held.closed |= close;
-        if held.receipts.is_empty() {
-            return Vec::new();
+    /// The queue's core takes the acks held back (under its lock: see the
+    /// [type's docs](Link)); with `close`, later acks come to it one by one.
+    pub(crate) fn take(&self, close: bool) -> HeldAcks {
+        if close {
+            self.closed.store(true, Ordering::SeqCst);
         }
-        std::mem::replace(&mut held.receipts, Vec::with_capacity(self.batch))
+        let mut taken = HeldAcks { receipts: [0; MAX_HELD_ACKS], len: 0 };
+        for slot in self.held.iter() {
+            let receipt = slot.load(Ordering::SeqCst);
+            if receipt != 0 {
+                // Nobody else writes a slot that holds a receipt.
+                slot.store(0, Ordering::Relaxed);
+                taken.receipts[taken.len] = receipt;
+                taken.len += 1;
+            }
+        }
+        self.next.store(0, Ordering::Relaxed);
+        taken
     }
 }
 
 impl Settler {
     fn send(&mut self, f: impl FnOnce(u64) -> Settle) {
-        if !self.done {
-            self.done = true;
-            self.link.send(f(self.receipt));
+        if let Some(link) = self.link.take() {
+            link.send(f(self.receipt));
         }
     }
 
     /// Disarms it and gives its receipt, unless it was settled already:
     /// for deliveries that go back to the queue as they were.
     pub(crate) fn take_receipt(&mut self) -> Option<u64> {
-        (!std::mem::replace(&mut self.done, true)).then_some(self.receipt)
+        self.link.take().map(|_| self.receipt)
     }
 
-    /// The delivery's receipt: no other delivery of the queue within 2^32
-    /// of it (in delivery order) has the same.
+    /// The delivery's receipt: no other delivery of the queue within
+    /// 2^32 − 1 of it (in delivery order) has the same.
     pub fn receipt(&self) -> u64 {
         self.receipt
     }
 
     /// Done: the message leaves the queue.
     pub fn ack(mut self) {
-        if !self.done {
-            self.done = true;
-            self.link.ack(self.receipt);
+        if let Some(link) = self.link.take() {
+            link.ack(self.receipt);
         }
     }
 
@@ -914,7 +985,19 @@ impl Settler {
 }
 
 impl Drop for Settler {
+    /// Inlined: after a settle (the link taken) the compiler sees there is
+    /// nothing to do, and an ack pays no call for its drop.
+    #[inline]
     fn drop(&mut self) {
+        if self.link.is_some() {
+            self.dropped();
+        }
+    }
+}
+
+impl Settler {
+    #[cold]
+    fn dropped(&mut self) {
         self.send(|receipt| Settle::Nack {
             receipt,
             reason: FailureReason::Failed("delivery dropped without ack".into()),
@@ -946,7 +1029,9 @@ pub(crate) enum Handed<T> {
 
 impl<T: Clone> Handed<T> {
     /// A delivery of a copy of `env` (the queue keeps the original until
-    /// the delivery is settled).
+    /// the delivery is settled). Inlined: built where the queue's pull
+    /// pushes it, not in a frame of its own and copied there.
+    #[inline(always)]
     pub(crate) fn of(env: &Envelope<Body<T>>, receipt: u64, link: &Arc<Link>) -> Self {
         let link = Arc::clone(link);
         match &env.payload {
@@ -967,7 +1052,7 @@ impl<T> Handed<T> {
 
 impl<T> Delivery<T> {
     fn new(envelope: Envelope<T>, receipt: u64, link: Arc<Link>) -> Self {
-        Delivery { envelope, settler: Settler { receipt, link, done: false } }
+        Delivery { envelope, settler: Settler { receipt, link: Some(link) } }
     }
 
     fn with_payload<U>(self, payload: U) -> Delivery<U> {

@@ -13,13 +13,45 @@ use std::sync::Arc;
 
 use crate::envelope::{Envelope, MessageId};
 
-/// A stored message and when it was enqueued (microseconds on the queue's
-/// monotonic clock).
+/// A stored message and when it was enqueued.
 pub(crate) struct Entry<T> {
     pub(crate) env: Envelope<T>,
-    pub(crate) enqueued_us: u64,
+    pub(crate) enqueued: Enqueued,
     /// Its row in a durable queue's store (enqueue order); 0 when not stored.
     pub(crate) seq: u64,
+}
+
+/// When a message was made ready, in microseconds on the queue's monotonic
+/// clock, and whether it is a time-in-queue sample (the top bit, which a
+/// time since the queue started never reaches).
+///
+/// Only the messages that need it are stamped: every one when the ready
+/// order depends on it (partitions, priority with aging), otherwise the
+/// samples only (nothing else reads it), so that most sends read no clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Enqueued(u64);
+
+impl Enqueued {
+    const SAMPLE: u64 = 1 << 63;
+
+    /// Not stamped: a plain queue's message that is not a sample.
+    pub(crate) const UNSTAMPED: Enqueued = Enqueued(0);
+
+    /// Stamped at `micros`; a time-in-queue sample when `sample`.
+    pub(crate) fn at(micros: u64, sample: bool) -> Self {
+        let micros = micros & !Self::SAMPLE;
+        Enqueued(if sample { micros | Self::SAMPLE } else { micros })
+    }
+
+    /// The time it was stamped at (0 when not stamped).
+    pub(crate) fn micros(self) -> u64 {
+        self.0 & !Self::SAMPLE
+    }
+
+    /// The time, when the message is a time-in-queue sample.
+    pub(crate) fn sample(self) -> Option<u64> {
+        (self.0 & Self::SAMPLE != 0).then_some(self.micros())
+    }
 }
 
 /// Partition key of a message.
@@ -67,6 +99,12 @@ impl<T> Ready<T> {
             }),
             len: 0,
         }
+    }
+
+    /// True when the order depends on when messages were enqueued (aging,
+    /// keyed against unkeyed messages): every message must be stamped.
+    pub(crate) fn needs_stamps(&self) -> bool {
+        self.partitions.is_some() || (self.priority && self.aging_us.is_some())
     }
 
     /// Messages ready for delivery.
@@ -185,7 +223,7 @@ impl<T> Ready<T> {
 
     /// When the message at the head of `queue` was enqueued.
     fn enqueued(&self, queue: &VecDeque<Slot>) -> Option<u64> {
-        queue.front().and_then(|&s| self.get(s)).map(|e| e.enqueued_us)
+        queue.front().and_then(|&s| self.get(s)).map(|e| e.enqueued.micros())
     }
 
     /// The level whose head goes next at `now_us`, with aging.
@@ -334,7 +372,11 @@ mod tests {
     use crate::envelope::Priority;
 
     fn entry(p: u8, t: u64) -> Entry<u64> {
-        Entry { env: Envelope::new(t).with_priority(Priority::new(p).unwrap()), enqueued_us: t, seq: 0 }
+        Entry {
+            env: Envelope::new(t).with_priority(Priority::new(p).unwrap()),
+            enqueued: Enqueued::at(t, false),
+            seq: 0,
+        }
     }
 
     fn drain(r: &mut Ready<u64>, now: u64) -> Vec<u64> {
@@ -371,7 +413,11 @@ mod tests {
     #[test]
     fn partitions_deliver_one_at_a_time_per_key() {
         let mut r = Ready::new(false, None, Some("k".into()));
-        let keyed = |k: &str, t: u64| Entry { env: Envelope::new(t).with_header("k", k), enqueued_us: t, seq: 0 };
+        let keyed = |k: &str, t: u64| Entry {
+            env: Envelope::new(t).with_header("k", k),
+            enqueued: Enqueued::at(t, false),
+            seq: 0,
+        };
         r.push_back(keyed("a", 1));
         r.push_back(keyed("a", 2));
         r.push_back(keyed("b", 3));
