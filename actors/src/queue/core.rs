@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::handle::{Body, Committed, Handed, Incoming, Link, Settle, Settles, Shared, Source};
+use super::handle::{Body, Committed, Handed, HeldAcks, Incoming, Link, Settle, Settles, Shared, Source};
 use super::ready::{Enqueued, Entry, Key, Ready, Slot as Held};
 use super::store::{QueueBatch, StoredBody, StoredMessage};
 use super::{QueueConfig, QueueError, QueueMessage};
@@ -355,9 +355,7 @@ impl<T: QueueMessage> Source<T> for Inner<T> {
     fn pull(&self, link: &Link, out: &mut VecDeque<Handed<T>>, waker: Option<&Waker>) -> bool {
         self.with(|core| {
             core.stamp();
-            for receipt in link.take(false).iter() {
-                core.ack(receipt);
-            }
+            core.ack_held(link.take(false));
             core.pull(link.consumer, out, waker)
         })
     }
@@ -374,9 +372,7 @@ impl<T: QueueMessage> Settles for Inner<T> {
     fn take_held(&self, link: &Link) {
         self.with(|core| {
             core.stamp();
-            for receipt in link.take(false).iter() {
-                core.ack(receipt);
-            }
+            core.ack_held(link.take(false));
         });
     }
 }
@@ -412,7 +408,9 @@ pub(crate) struct Core<T> {
     visibility_us: u64,
     /// Messages still to pick as time-in-queue samples this tick.
     queue_samples_left: u32,
-    /// Every message is stamped when enqueued (`Ready::needs_stamps`).
+    /// Every message is stamped when enqueued: `Ready::needs_stamps`, kept
+    /// here because every send reads it (asking the ready set each time
+    /// cost 8 instructions a message).
     stamp_all: bool,
     /// Acks still to sample for the handler latency this tick.
     latency_samples_left: u32,
@@ -847,9 +845,7 @@ impl<T: QueueMessage> Core<T> {
     pub(crate) fn remove_consumer(&mut self, id: u64) {
         self.timed_out.retain(|_, c| *c != id);
         if let Some(idx) = self.consumers.iter().position(|s| s.id == id) {
-            for receipt in self.consumers[idx].link.take(true).iter() {
-                self.ack(receipt);
-            }
+            self.ack_held(self.consumers[idx].link.take(true));
             let slot = self.consumers.remove(idx);
             if slot.waker.is_some() {
                 self.waiting -= 1;
@@ -1238,12 +1234,17 @@ impl<T: QueueMessage> Core<T> {
         bump(&self.metrics.stale, &self.shared.stats.stale);
     }
 
+    /// Applies the acks a link held back (taken with `Link::take`).
+    fn ack_held(&mut self, held: HeldAcks) {
+        for receipt in held.iter() {
+            self.ack(receipt);
+        }
+    }
+
     /// Applies the acks every consumer holds back (see `Link`).
     fn take_held_acks(&mut self) {
         for idx in 0..self.consumers.len() {
-            for receipt in self.consumers[idx].link.take(false).iter() {
-                self.ack(receipt);
-            }
+            self.ack_held(self.consumers[idx].link.take(false));
         }
     }
 }
