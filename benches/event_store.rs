@@ -4,16 +4,21 @@
 //!
 //! Target (DESIGN §8): 64 writers ≥ 20 × the plain loop, in events per second.
 //!
+//! After the criterion part, the 64-writer ratio is measured again in
+//! interleaved rounds (see [`ratio_report`]) and printed per round.
+//!
 //! ```text
 //! cargo bench --bench event_store
+//! cargo bench --bench event_store -- 64_writers   # that row and the rounds
 //! ```
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actorbus::actors::event_store::{EventStore, EventStoreConfig, EventStoreHandle, ExpectedVersion, NewEvent};
 use actorbus::actors::store::DataDir;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use serde_json::json;
 
 /// A directory on the same disk as the build (not a tmpfs `/tmp`, where
@@ -60,13 +65,7 @@ fn appends(c: &mut Criterion) {
         group.bench_function("plain_rusqlite_commit_per_event", |b| {
             b.iter(|| {
                 n += 1;
-                let data = serde_json::to_vec(&json!({ "account": n % 1000, "amount": n })).expect("json");
-                conn.execute(
-                    "INSERT INTO events (id, stream, version, event_type, data, metadata, timestamp)
-                     VALUES (?1, ?2, ?3, 'Deposited', ?4, x'7b7d', ?5)",
-                    rusqlite::params![uuid::Uuid::now_v7().as_bytes().as_slice(), "plain", n as i64, data, n as i64],
-                )
-                .expect("insert");
+                plain_insert(&conn, n);
             })
         });
     }
@@ -83,6 +82,11 @@ fn appends(c: &mut Criterion) {
         group.throughput(Throughput::Elements(writers * per_writer));
         let mut round = 0u64;
         group.bench_function(format!("actorbus_{writers}_writers"), |b| {
+            // Here, not at the top: criterion calls every group function and
+            // skips only the benches a name filter leaves out.
+            if writers == 64 {
+                SIXTY_FOUR_RAN.store(true, Ordering::Relaxed);
+            }
             b.iter_custom(|iters| {
                 system.block_on(async {
                     let start = Instant::now();
@@ -96,6 +100,71 @@ fn appends(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+static SIXTY_FOUR_RAN: AtomicBool = AtomicBool::new(false);
+
+/// One commit (one fsync) per event, as the plain loop does.
+fn plain_insert(conn: &rusqlite::Connection, n: u64) {
+    let data = serde_json::to_vec(&json!({ "account": n % 1000, "amount": n })).expect("json");
+    conn.execute(
+        "INSERT INTO events (id, stream, version, event_type, data, metadata, timestamp)
+         VALUES (?1, ?2, ?3, 'Deposited', ?4, x'7b7d', ?5)",
+        rusqlite::params![uuid::Uuid::now_v7().as_bytes().as_slice(), "plain", n as i64, data, n as i64],
+    )
+    .expect("insert");
+}
+
+/// The 64-writer ratio, measured interleaved: this VM's fsync time drifts
+/// by tens of percent within a minute, and the criterion rows above are
+/// measured seconds apart. Each round times the plain loop (100 commits)
+/// and 64 writers (4 × 8 appends each) back to back, about 15 ms apiece,
+/// and takes their ratio; the rounds' median is the figure to compare with
+/// the target.
+fn ratio_report() {
+    const ROUNDS: usize = 31;
+    const PLAIN: u64 = 100;
+    const WRITERS: u64 = 64;
+    const PER_WRITER: u64 = 8;
+    const REPEATS: u64 = 4;
+    if !SIXTY_FOUR_RAN.load(Ordering::Relaxed) {
+        return;
+    }
+    let dir = bench_dir();
+    let conn = plain_connection(dir.path());
+    let system = actix_rt::System::new();
+    let store = system
+        .block_on(async { EventStore::open(&DataDir::new(dir.path()), EventStoreConfig::named("ratio")) })
+        .expect("open store");
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    let (mut n, mut round) = (0u64, 0u64);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..PLAIN {
+            n += 1;
+            plain_insert(&conn, n);
+        }
+        let plain = PLAIN as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        system.block_on(async {
+            for _ in 0..REPEATS {
+                round += 1;
+                run_writers(&store, WRITERS, PER_WRITER, round).await;
+            }
+        });
+        let ours = (WRITERS * PER_WRITER * REPEATS) as f64 / start.elapsed().as_secs_f64();
+        ratios.push(ours / plain);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let below = ratios.iter().filter(|r| **r < 20.0).count();
+    let list: Vec<String> = ratios.iter().map(|r| format!("{r:.1}")).collect();
+    println!("\n64 writers / plain loop, {ROUNDS} interleaved rounds (sorted): {}", list.join(" "));
+    println!(
+        "  median {:.1} x, range {:.1}-{:.1} x, {below} of {ROUNDS} rounds below the 20 x target",
+        ratios[ROUNDS / 2],
+        ratios[0],
+        ratios[ROUNDS - 1]
+    );
 }
 
 fn plain_connection(dir: &Path) -> rusqlite::Connection {
@@ -121,4 +190,9 @@ fn plain_connection(dir: &Path) -> rusqlite::Connection {
 }
 
 criterion_group!(benches, appends);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    ratio_report();
+}

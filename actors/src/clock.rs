@@ -42,6 +42,7 @@ pub use quanta::Instant;
 /// The current [`Instant`]. Same clock as `Instant::now()`, without its
 /// look-up of a clock mocked on this thread (a thread-local access that
 /// cost as much as the counter read).
+#[inline]
 pub fn now() -> Instant {
     static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
     CLOCK.get_or_init(quanta::Clock::new).now()
@@ -58,6 +59,7 @@ thread_local! {
 }
 
 /// The current wall-clock time: see the [module docs](self).
+#[inline]
 pub fn wall_now() -> Timestamp {
     wall_at(now())
 }
@@ -67,6 +69,7 @@ pub fn wall_now() -> Timestamp {
 /// stamp and the instant its timeout counts from) at the cost of one
 /// counter read. `now` must be fresh: a stale one would anchor this
 /// thread's wall clock that much in the past when it is renewed.
+#[inline]
 pub fn wall_at(now: Instant) -> Timestamp {
     let anchored = ANCHOR.with(|anchor| match anchor.get() {
         Some((at, micros)) => {
