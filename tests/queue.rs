@@ -295,6 +295,34 @@ fn overflow_policies() {
     });
 }
 
+/// A send is made when it is called (the future only reports it); one that
+/// has to wait for room waits in its future, and a future dropped before
+/// it resolves sends nothing and keeps no place.
+#[test]
+fn a_send_is_made_at_the_call_and_a_blocked_one_given_up_leaves_nothing() {
+    run(async {
+        let bus = bus();
+        let q = quick(&bus, "eager").capacity(2).start().unwrap();
+        drop(q.send(1));
+        let second = q.send(2);
+        assert_eq!((q.depth(), q.stats().enqueued), (2, 2), "both in before any poll");
+        // Full (`block`): the third waits in its future; given up, it is gone.
+        assert!(tokio::time::timeout(Duration::from_millis(20), q.send(3)).await.is_err());
+        drop(q.send(4));
+        let id = second.await.unwrap();
+        let mut c = q.consumer(10).await.unwrap();
+        let (a, b) = (recv(&mut c).await, recv(&mut c).await);
+        assert_eq!((*a.payload(), *b.payload(), b.id()), (1, 2, id));
+        nothing(&mut c, Duration::from_millis(30)).await;
+        a.ack();
+        b.ack();
+        // Both places are free again: two sends go straight in.
+        q.send(5).await.unwrap();
+        q.send(6).await.unwrap();
+        assert_eq!((q.depth(), q.stats().enqueued, q.stats().rejected), (2, 4, 0));
+    });
+}
+
 async fn send_at(q: &QueueHandle<u32>, payload: u32, level: u8) {
     q.send_envelope(Envelope::new(payload).with_priority(Priority::new(level).unwrap())).await.unwrap();
 }

@@ -296,6 +296,76 @@ pub(crate) struct Shared {
     pub(crate) dropped_newest: metrics::Counter,
 }
 
+/// A send to a queue ([`QueueHandle::send`], [`QueueHandle::send_envelope`]):
+/// resolves to the message's id once the queue holds it.
+///
+/// The send is made when it is called, as actix's `Addr::send` does. When
+/// a place is free and the message needs no I/O (an in-memory queue, no
+/// claim check), it is in the queue before this future is first polled,
+/// and awaiting it only gives its id. Otherwise (a full `block` queue, a
+/// durable queue's commit, a claim-check check-in) the waiting is this
+/// future's, and dropping it before it resolves leaves the message unsent.
+///
+/// ```
+/// use actorbus_actors::dlq::DlqSink;
+/// use actorbus_actors::queue::{Queue, QueueConfig};
+///
+/// actix_rt::System::new().block_on(async {
+///     let orders = Queue::<u32>::start(QueueConfig::named("orders"), DlqSink::in_memory()).unwrap();
+///     let sending = orders.send(7);
+///     assert_eq!(orders.depth(), 1); // in the queue already
+///     let id = sending.await.unwrap();
+///     let delivery = orders.consumer(1).await.unwrap().recv().await.unwrap();
+///     assert_eq!((delivery.id(), *delivery.payload()), (id, 7));
+///     delivery.ack();
+/// });
+/// ```
+#[must_use = "the send's outcome (its id, or why it failed) is only known by awaiting it"]
+pub struct Sending<'a>(Outcome<'a>);
+
+enum Outcome<'a> {
+    /// In the queue: its id, as two halves. Read back as the 16-byte id
+    /// right after being written as two 8-byte halves, it would stall the
+    /// CPU's store forwarding (a tenth of a send).
+    Sent(u64, u64),
+    /// The general path: boxed, so that the common send's future is small.
+    Waiting(futures::future::BoxFuture<'a, Result<MessageId, QueueError>>),
+    /// Resolved.
+    Done,
+}
+
+impl std::fmt::Debug for Sending<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.0 {
+            Outcome::Sent(..) => "sent",
+            Outcome::Waiting(_) => "waiting",
+            Outcome::Done => "done",
+        };
+        f.debug_tuple("Sending").field(&state).finish()
+    }
+}
+
+impl std::future::Future for Sending<'_> {
+    type Output = Result<MessageId, QueueError>;
+
+    #[inline]
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Outcome::Sent(high, low) => {
+                let id = MessageId(uuid::Uuid::from_u64_pair(*high, *low));
+                self.0 = Outcome::Done;
+                Poll::Ready(Ok(id))
+            }
+            Outcome::Waiting(sending) => {
+                let answer = std::task::ready!(sending.poll_unpin(cx));
+                self.0 = Outcome::Done;
+                Poll::Ready(answer)
+            }
+            Outcome::Done => panic!("`Sending` polled after it resolved"),
+        }
+    }
+}
+
 /// The sending side of a queue: cheap to clone, usable from any arbiter.
 pub struct QueueHandle<T> {
     pub(crate) inner: Arc<Inner<T>>,
@@ -322,14 +392,16 @@ impl<T: QueueMessage> QueueHandle<T> {
     }
 
     /// Enqueues `payload` in a new envelope (joining the conversation of the
-    /// handler that sends it, if any) and returns the message id.
-    pub async fn send(&self, payload: T) -> Result<MessageId, QueueError> {
+    /// handler that sends it, if any); the [`Sending`] resolves to the
+    /// message id. See [`send_envelope`](Self::send_envelope).
+    pub fn send(&self, payload: T) -> Sending<'_> {
         let mut env = Envelope::new(payload);
         inherit_context(&mut env);
-        self.send_envelope(env).await
+        self.send_envelope(env)
     }
 
-    /// Enqueues a prepared envelope (priority, deadline, headers).
+    /// Enqueues a prepared envelope (priority, deadline, headers); the
+    /// [`Sending`] resolves to the message id.
     ///
     /// A full queue applies its overflow policy: `block` waits for room,
     /// `reject` returns [`QueueError::Full`], the others accept the send
@@ -341,31 +413,38 @@ impl<T: QueueMessage> QueueHandle<T> {
     /// durable queue the send resolves once the message is committed to
     /// storage (with other sends of the moment: one transaction, one fsync).
     ///
-    /// Cancel-safe: dropping the future before it resolves (a timeout
-    /// around it) leaves the message unsent and the queue's capacity as it
-    /// was, so a `block` send can be bounded with `tokio::time::timeout`.
-    pub async fn send_envelope(&self, envelope: Envelope<T>) -> Result<MessageId, QueueError> {
+    /// Made at the call when it can be (see [`Sending`]): an in-memory send
+    /// that finds a place is in the queue before the future is polled, and
+    /// moves the envelope into its slot once instead of into a future and
+    /// out again. What has to wait is cancel-safe: dropping the future
+    /// before it resolves (a timeout around it) leaves the message unsent
+    /// and the queue's capacity as it was, so a `block` send can be bounded
+    /// with `tokio::time::timeout`.
+    #[inline(always)]
+    pub fn send_envelope(&self, envelope: Envelope<T>) -> Sending<'_> {
         match self.send_now(envelope) {
-            Ok(sent) => sent,
-            Err(envelope) => self.enqueue(envelope.map(Body::Inline)).await,
+            Ok(id) => {
+                let (high, low) = id.0.as_u64_pair();
+                Sending(Outcome::Sent(high, low))
+            }
+            Err(envelope) => Sending(Outcome::Waiting(Box::pin(self.enqueue(envelope.map(Body::Inline))))),
         }
     }
 
     /// The common send, done at once: a place is free and the payload goes
     /// as it is (no check-in, not durable). The envelope comes back when the
-    /// send needs more (a wait for room, an overflow policy, I/O): then the
-    /// general path takes it. Separate from it so that the envelope is moved
-    /// twice on its way into the queue, not through every state of the
-    /// general path's future.
-    fn send_now(&self, envelope: Envelope<T>) -> Result<Result<MessageId, QueueError>, Envelope<T>> {
+    /// send needs more (a wait for room, an overflow policy, I/O) or the
+    /// queue is closed: the general path takes it then, and says so.
+    #[inline(always)]
+    fn send_now(&self, envelope: Envelope<T>) -> Result<MessageId, Envelope<T>> {
         if self.typed.claim.is_some() || self.typed.durable {
             return Err(envelope);
         }
         let Ok(permit) = self.shared.permits.try_acquire() else { return Err(envelope) };
         let id = envelope.id;
-        let sent = self.inner.with(|core| {
+        self.inner.with(|core| {
             if core.is_closed() {
-                return false;
+                return Err(envelope);
             }
             // Most sends stamp nothing (see `Core::wants_stamp`): no clock
             // read for them.
@@ -376,14 +455,10 @@ impl<T: QueueMessage> QueueHandle<T> {
             // took: written into its slot without a stop on the way. Inline
             // and not durable: ready at once, no ticket to count.
             core.store(Entry { env: envelope.map(Body::Inline), enqueued: Enqueued::UNSTAMPED, seq: 0 });
-            true
-        });
-        if !sent {
-            // The permit goes back as it drops.
-            return Ok(Err(self.closed()));
-        }
+            Ok(())
+        })?;
         permit.forget();
-        Ok(Ok(id))
+        Ok(id)
     }
 
     pub(crate) async fn enqueue(&self, envelope: Envelope<Body<T>>) -> Result<MessageId, QueueError> {
