@@ -8,10 +8,15 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actorbus::actors::claim_check::{ticket_in, ClaimCheck, MemoryClaims};
+use actorbus::actors::claim_check::{
+    ticket_in, ClaimBackend, ClaimCheck, ClaimStats, MemoryClaims, Released, StoredPayload, TicketId,
+};
 use actorbus::actors::dlq::{DlqFilter, RedriveOptions};
 use actorbus::actors::queue::{Consumer, Queue, QueueConfig};
+use actorbus::actors::store::StoreError;
 use actorbus::Bus;
+use actorbus::Timestamp;
+use bytes::Bytes;
 use common::metric;
 
 fn payload(len: usize) -> Vec<u8> {
@@ -85,6 +90,62 @@ async fn a_5_mb_payload_travels_as_a_ticket_and_is_freed_by_the_ack() {
     wait_payloads(&claims, 0).await;
     assert_eq!(scans.stats().ticketed, 0);
     assert_eq!(metric(&bus, "actorbus_queue_claim_checked_total", r#"name="scans""#), 1.0);
+}
+
+/// Payloads in memory, claimed slowly on a blocking thread: a claim that
+/// is still under way when its `recv` is dropped.
+struct SlowClaims(MemoryClaims);
+
+impl ClaimBackend for SlowClaims {
+    fn blocking(&self) -> bool {
+        true
+    }
+    fn put(&self, id: TicketId, bytes: Bytes, expires_at: Timestamp, refs: u32) -> Result<(), StoreError> {
+        self.0.put(id, bytes, expires_at, refs)
+    }
+    fn get(&self, id: TicketId) -> Result<Option<StoredPayload>, StoreError> {
+        std::thread::sleep(Duration::from_millis(30));
+        self.0.get(id)
+    }
+    fn release(&self, id: TicketId, n: u32) -> Result<Released, StoreError> {
+        self.0.release(id, n)
+    }
+    fn delete(&self, id: TicketId) -> Result<Option<u64>, StoreError> {
+        self.0.delete(id)
+    }
+    fn sweep(&self, now: Timestamp) -> Result<Vec<(TicketId, u64)>, StoreError> {
+        self.0.sweep(now)
+    }
+    fn stats(&self) -> Result<ClaimStats, StoreError> {
+        self.0.stats()
+    }
+}
+
+/// A `recv` given up while it claims a payload (a `select!` that took
+/// another branch) loses nothing: the next one returns that delivery, as
+/// the same attempt.
+#[actix_rt::test]
+async fn a_recv_dropped_mid_claim_leaves_the_delivery_to_the_next() {
+    let bus = Bus::builder().build().unwrap();
+    let claims = ClaimCheck::with_backend("slow", Arc::new(SlowClaims(MemoryClaims::default()))).unwrap();
+    let config = QueueConfig::named("mid-claim").with_claim_check(claims, 1024);
+    let scans = Queue::<Vec<u8>>::start(config, bus.dlq().clone()).unwrap();
+    let big = payload(4096);
+    scans.send(big.clone()).await.unwrap();
+    scans.send(vec![7]).await.unwrap();
+
+    let mut consumer = scans.consumer(4).await.unwrap();
+    let mut first = consumer.recv();
+    assert!(futures::poll!(&mut first).is_pending(), "the claim waits for its blocking thread");
+    drop(first);
+    let d = next(&mut consumer).await;
+    assert_eq!((d.payload() == &big, d.attempt()), (true, 1));
+    d.ack();
+    let small = next(&mut consumer).await;
+    assert_eq!(small.payload(), &[7]);
+    small.ack();
+    let stats = scans.stats();
+    assert_eq!((stats.delivered, stats.acked, stats.redelivered, stats.dead_lettered), (2, 2, 0, 0));
 }
 
 #[actix_rt::test]

@@ -185,7 +185,7 @@ mod ready;
 mod store;
 
 pub use actor::Queue;
-pub use handle::{Consumer, Delivery, QueueHandle, QueueStats, Sending, Settler};
+pub use handle::{Consumer, Delivery, QueueHandle, QueueStats, Recv, Sending, Settler};
 pub use store::{
     MemoryQueueStore, QueueBatch, QueueStore, SqliteQueueStore, StoredBody, StoredMessage, QUEUE_MIGRATIONS,
 };
