@@ -842,8 +842,6 @@ impl<T> Consumer<T> {
     }
 }
 
-/// The payload behind `ticket`, verified and decoded. The payload stays in
-/// the store until the ack.
 /// The next delivery of a [`Consumer`] ([`Consumer::recv`]).
 ///
 /// Written by hand rather than as an `async fn`: a delivery already
@@ -910,6 +908,8 @@ impl<T> std::future::Future for Recv<'_, T> {
     }
 }
 
+/// The payload behind `ticket`, verified and decoded. The payload stays in
+/// the store until the ack.
 async fn claim<T>(typed: &Typed<T>, ticket: &Ticket) -> Result<T, FailureReason> {
     let Some(side) = &typed.claim else {
         return Err(FailureReason::ClaimCheck(format!("ticket {}: the queue has no claim-check store", ticket.id)));
