@@ -403,7 +403,7 @@ impl Drop for LocalReaper {
 }
 
 /// Runs `fut` until it completes or `deadline` (on the runtime's
-/// [clock](crate::clock)) passes, whichever is first.
+/// [clock]) passes, whichever is first.
 /// `fut` must be `Unpin` (box it with `Box::pin` otherwise), which keeps this
 /// free of unsafe pin projection.
 pub fn within<F: Future + Unpin>(deadline: Instant, fut: F) -> Within<F> {

@@ -4,7 +4,7 @@
 //! drops the actor, its message in flight and its mailbox. actorbus closes that
 //! gap with two pieces:
 //!
-//! 1. **A panic boundary around user code** ([`panic`]). Every user handler
+//! 1. **A panic boundary around user code** ([`panic`](mod@panic)). Every user handler
 //!    runs inside it, so a panic becomes a failed delivery with reason
 //!    `panic: <message>`, and the actor that hosts the handler survives.
 //! 2. **Supervisors that rebuild user state** ([`Supervisor`]). After a panic
