@@ -22,6 +22,10 @@
 //!  deadline passed anywhere but in a handler ──► DLQ `expired`
 //! ```
 //!
+//! - **Sends.** A send is made when it is called, as actix's `Addr::send`
+//!   is: with a place free (and nothing to write or check in first) the
+//!   message is in the queue before its [`Sending`] future is polled. What
+//!   has to wait waits in that future, and dropping it sends nothing.
 //! - **Credit.** A consumer holds at most `prefetch` unsettled deliveries;
 //!   settling one makes room for the next. A consumer takes deliveries when
 //!   it asks (`recv` with nothing buffered): as many as its credit allows in
