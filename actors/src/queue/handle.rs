@@ -717,9 +717,6 @@ impl<T> Consumer<T> {
     /// needs the storage thread (the SQLite claim store) is not claimed
     /// here: it stays first in line for the next [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Option<Delivery<T>> {
-        if let Some(d) = self.next_plain() {
-            return Some(d);
-        }
         loop {
             let claiming = match self.fresh()? {
                 Handed::Ready(d) => return Some(d),
@@ -737,57 +734,34 @@ impl<T> Consumer<T> {
         }
     }
 
-    /// The next buffered delivery when it is a plain one (no stash before
-    /// it, no ticket, no deadline to check): nearly every delivery. Looked
-    /// at where it lies, then moved once, straight to the caller: through
-    /// [`fresh`](Self::fresh) it goes through a temporary, whose copy read
-    /// back at once stalls the CPU's store forwarding (an eighth of a
-    /// delivery's time in the queue bench).
-    #[inline(always)]
-    fn next_plain(&mut self) -> Option<Delivery<T>> {
-        let plain =
-            self.stash.is_none() && matches!(self.buf.front(), Some(Handed::Ready(d)) if d.envelope.deadline.is_none());
-        if !plain {
-            return None;
-        }
-        self.link.more.store(self.buf.len() > 1, Ordering::Relaxed);
-        match self.buf.pop_front() {
-            Some(Handed::Ready(d)) => Some(d),
-            other => {
-                self.stash = other;
-                None
-            }
-        }
-    }
-
     /// The next waiting delivery that has not expired (those are settled as
-    /// expired on the way), telling the queue whether more wait behind it.
+    /// expired on the way), telling the queue whether more wait behind it:
+    /// the stashed one, or the next one buffered or in the queue (taken
+    /// without waiting; the acks held back go with the take).
+    ///
+    /// Looked at where it lies and moved out once, straight to the caller's
+    /// match: a delivery popped into a temporary and copied on from there
+    /// is read back right after it was written, which stalls the CPU's
+    /// store forwarding (an eighth of a delivery's time in the queue bench).
     #[inline(always)]
     fn fresh(&mut self) -> Option<Handed<T>> {
-        loop {
-            let mut handed = self.waiting()?;
-            self.link.more.store(!self.buf.is_empty(), Ordering::Relaxed);
-            if !Self::expired(&mut handed) {
-                return Some(handed);
+        if let Some(stashed) = &mut self.stash {
+            if !Self::expired(stashed) {
+                return self.stash.take();
             }
+            self.stash = None;
         }
-    }
-
-    /// The stashed delivery, or the next one buffered or in the queue
-    /// (taken without waiting; the acks held back go with the take).
-    #[inline(always)]
-    fn waiting(&mut self) -> Option<Handed<T>> {
-        // Tested first: `take` would copy the whole (empty) stash.
-        if self.stash.is_some() {
-            return self.stash.take();
+        loop {
+            if self.buf.is_empty() && !self.closed {
+                self.inner.pull(&self.link, &mut self.buf, None);
+            }
+            if Self::expired(self.buf.front_mut()?) {
+                self.buf.pop_front();
+                continue;
+            }
+            self.link.more.store(self.buf.len() > 1, Ordering::Relaxed);
+            return self.buf.pop_front();
         }
-        if let Some(h) = self.buf.pop_front() {
-            return Some(h);
-        }
-        if !self.closed {
-            self.inner.pull(&self.link, &mut self.buf, None);
-        }
-        self.buf.pop_front()
     }
 
     /// True when `h` expired: it is then settled as such (dead-lettered).
@@ -880,9 +854,6 @@ impl<T> std::future::Future for Recv<'_, T> {
                 }
             }
             let consumer = &mut *this.consumer;
-            if let Some(d) = consumer.next_plain() {
-                return Poll::Ready(Some(d));
-            }
             match consumer.fresh() {
                 Some(Handed::Ready(d)) => return Poll::Ready(Some(d)),
                 Some(Handed::Ticket(stashed)) => {
