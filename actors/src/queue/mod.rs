@@ -207,6 +207,11 @@ use crate::store::StoreError;
 /// until the ack, to redeliver), serialized for the DLQ, deserialized on
 /// redrive. Implemented for every type with those traits; give large
 /// payloads a type that clones cheaply (shared bytes, say).
+///
+/// The queue drops its copy of a message (on the ack, on dead-lettering)
+/// while it holds its own lock, so a message type's `Drop` must not send to,
+/// or settle on, the queue that carried it: that would wait for the lock it
+/// runs under.
 pub trait QueueMessage: Clone + Serialize + DeserializeOwned + Send + Unpin + 'static {}
 
 impl<T: Clone + Serialize + DeserializeOwned + Send + Unpin + 'static> QueueMessage for T {}
