@@ -17,7 +17,7 @@ use super::store::StoredBody;
 use super::{QueueError, QueueMessage};
 use crate::backpressure::OverflowPolicy;
 use crate::claim_check::{ClaimCheck, Ticket, TICKET_FIELD};
-use crate::envelope::{Envelope, MessageId};
+use crate::envelope::{Envelope, MessageId, Timestamp};
 use crate::error::FailureReason;
 use crate::request_reply::inherit_context;
 
@@ -773,16 +773,13 @@ impl<T> Consumer<T> {
             Handed::Ready(d) => d.envelope.deadline,
             Handed::Ticket(claiming) => claiming.0.envelope.deadline,
         };
-        deadline.is_some() && Self::expire(h)
+        deadline.is_some_and(|deadline| Self::expire(h, deadline))
     }
 
     /// [`expired`](Self::expired) for a delivery that has a deadline.
     #[cold]
-    fn expire(h: &mut Handed<T>) -> bool {
-        let expired = match h {
-            Handed::Ready(d) => d.envelope.is_expired(),
-            Handed::Ticket(claiming) => claiming.0.envelope.is_expired(),
-        };
+    fn expire(h: &mut Handed<T>, deadline: Timestamp) -> bool {
+        let expired = Timestamp::now() >= deadline;
         if expired {
             h.settler().send(Settle::Expired);
         }
