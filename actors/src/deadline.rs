@@ -402,10 +402,9 @@ impl Drop for LocalReaper {
     }
 }
 
-/// Runs `fut` until it completes or `deadline` (on the runtime's
-/// [clock]) passes, whichever is first.
-/// `fut` must be `Unpin` (box it with `Box::pin` otherwise), which keeps this
-/// free of unsafe pin projection.
+/// Runs `fut` until it completes or `deadline` (on the runtime's [clock])
+/// passes, whichever is first. `fut` must be `Unpin` (box it with
+/// `Box::pin` otherwise), which keeps this free of unsafe pin projection.
 pub fn within<F: Future + Unpin>(deadline: Instant, fut: F) -> Within<F> {
     Within { fut, deadline, key: None }
 }

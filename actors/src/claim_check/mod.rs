@@ -39,10 +39,10 @@
 //!
 //! [`MemoryClaims`] keeps payloads in process memory (claims cost a
 //! reference count, no copy); [`SqliteClaims`] keeps them as BLOBs in
-//! `claims.sqlite3` of the [`DataDir`], durable once
-//! `check_in` returns, and its calls run on tokio's blocking pool so they
-//! never stall an arbiter. Any other store (an object store, a file per
-//! payload) implements [`ClaimBackend`].
+//! `claims.sqlite3` of the [`DataDir`], durable once `check_in` returns,
+//! and its calls run on tokio's blocking pool so they never stall an
+//! arbiter. Any other store (an object store, a file per payload)
+//! implements [`ClaimBackend`].
 //!
 //! ## Transparent use by queues and topics
 //!

@@ -56,11 +56,11 @@
 //!   hands an expired delivery to its caller.
 //! - **Capacity.** Ready, delayed, in-flight messages and those on their way
 //!   to the DLQ count against `capacity`. When it is full the
-//!   [`OverflowPolicy`] decides: `block`
-//!   (the send waits), `reject` ([`QueueError::Full`]), `drop_newest` (the new
-//!   message is dropped and counted), `drop_oldest` (the oldest ready message
-//!   is dropped and counted), `dead_letter` (the new message goes to the DLQ
-//!   with reason `overflow: dead_letter`). Dropping policies never touch
+//!   [`OverflowPolicy`] decides: `block` (the send waits), `reject`
+//!   ([`QueueError::Full`]), `drop_newest` (the new message is dropped and
+//!   counted), `drop_oldest` (the oldest ready message is dropped and
+//!   counted), `dead_letter` (the new message goes to the DLQ with reason
+//!   `overflow: dead_letter`). Dropping policies never touch
 //!   messages in flight.
 //!
 //! ## Priority mode
@@ -85,9 +85,9 @@
 //! ## Claim check
 //!
 //! With [`QueueConfig::claim_check`] (on the bus: `claim_check(threshold)`),
-//! a payload whose encoded size is above the threshold is checked
-//! in to the [`ClaimCheck`] store when it is
-//! sent, and the queue holds only the ticket (about 100 bytes):
+//! a payload whose encoded size is above the threshold is checked in to
+//! the [`ClaimCheck`] store when it is sent, and the queue holds only the
+//! ticket (about 100 bytes):
 //!
 //! - a [`Consumer`] claims the payload (verifying its SHA-256) before
 //!   [`recv`](Consumer::recv) returns the delivery, so handlers see `T`;

@@ -4,9 +4,10 @@
 //! drops the actor, its message in flight and its mailbox. actorbus closes that
 //! gap with two pieces:
 //!
-//! 1. **A panic boundary around user code** ([`panic`](mod@panic)). Every user handler
-//!    runs inside it, so a panic becomes a failed delivery with reason
-//!    `panic: <message>`, and the actor that hosts the handler survives.
+//! 1. **A panic boundary around user code** ([`panic`](mod@panic)). Every
+//!    user handler runs inside it, so a panic becomes a failed delivery with
+//!    reason `panic: <message>`, and the actor that hosts the handler
+//!    survives.
 //! 2. **Supervisors that rebuild user state** ([`Supervisor`]). After a panic
 //!    the hosting actor drops the user state (it may be corrupt) and asks its
 //!    supervisor what to do. The supervisor applies its [`Strategy`], each
